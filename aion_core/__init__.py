@@ -1,0 +1,36 @@
+"""AION math, written once against the Python array API.
+
+Every function here is pure: parameters and running state come in as arrays and the
+new state goes out as arrays. No framework is imported; the namespace ``xp`` is found
+with :func:`array_api_compat.array_namespace` or handed in by an adapter (the Keras
+adapter hands in a ``keras.ops``-backed one).
+
+>>> import numpy as np
+>>> import aion_core as core
+>>> cfg = core.AionConfig(alpha0=0.1, beta=0.05)
+>>> state = core.initial_state(np, dtype=np.float64)
+>>> x = np.ones((2, 4)); y = np.full((2, 4), 2.0)
+>>> out, state, stats = core.train_step(x, y, None, 0.1, 0.05, state, cfg)
+>>> float(stats["ratio"]), float(state.ratio_ema)
+(4.0, 1.03)
+"""
+
+from aion_core.config import AionConfig
+from aion_core.errors import check_inputs
+from aion_core.math import batch_ratio, compute_alpha, energy
+from aion_core.state import STATE_SPEC, AionState, initial_state
+from aion_core.step import eval_step, is_update_step, train_step
+
+__all__ = [
+    "STATE_SPEC",
+    "AionConfig",
+    "AionState",
+    "batch_ratio",
+    "check_inputs",
+    "compute_alpha",
+    "energy",
+    "eval_step",
+    "initial_state",
+    "is_update_step",
+    "train_step",
+]

@@ -1,0 +1,55 @@
+"""The three formulas of AION: energy, batch ratio, alpha (spec section "Math").
+
+Energies and ratios are computed in the accumulation dtype: float64 for float64
+inputs, float32 for every other floating dtype (float16, bfloat16, float32), so a
+low-precision input never overflows where float32 would not and epsilon never
+underflows.
+"""
+
+from __future__ import annotations
+
+
+def accumulation_dtype(xp, *dtypes):
+    """float64 if any of ``dtypes`` is float64, else float32."""
+    return xp.float64 if any(d == xp.float64 for d in dtypes) else xp.float32
+
+
+def energy(xp, t, acc_dtype=None):
+    """Mean of squares over the last axis, one value per row, in the accumulation dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> energy(np, np.array([[1.0, 3.0], [2.0, 2.0]]))
+    array([5., 4.])
+    """
+    acc_dtype = acc_dtype or accumulation_dtype(xp, t.dtype)
+    t = xp.astype(t, acc_dtype)
+    return xp.mean(t * t, axis=-1)
+
+
+def batch_ratio(xp, x_ref, y, epsilon: float):
+    """``mean over rows of E[y] / (E[x_ref] + epsilon)``: one scalar for the batch.
+
+    ``epsilon`` is added in the accumulation dtype, after the energy is formed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> float(batch_ratio(np, np.ones((2, 4)), np.full((2, 4), 3.0), 0.5))
+    6.0
+    """
+    acc = accumulation_dtype(xp, x_ref.dtype, y.dtype)
+    per_row = energy(xp, y, acc) / (energy(xp, x_ref, acc) + epsilon)
+    return xp.mean(per_row)
+
+
+def compute_alpha(alpha0, beta, ratio):
+    """``alpha0 / (1 + beta * ratio)``; works on arrays and Python floats alike.
+
+    Examples
+    --------
+    >>> compute_alpha(0.1, 0.05, 2.0)
+    0.09090909090909091
+    """
+    return alpha0 / (1.0 + beta * ratio)

@@ -1,0 +1,115 @@
+"""One functional AION call: state in, output and new state out (spec "Training"/"Eval")."""
+
+from __future__ import annotations
+
+from array_api_compat import array_namespace
+
+from aion_core.config import AionConfig
+from aion_core.errors import check_inputs
+from aion_core.math import accumulation_dtype, batch_ratio, compute_alpha
+from aion_core.state import AionState
+
+
+def _identity(t):
+    return t
+
+
+def is_update_step(step_count, k_update: int):
+    """True where the ratio is recomputed: steps 0, k, 2k, ... (``step_count`` before the step)."""
+    return step_count % k_update == 0
+
+
+def _acc(xp, x, y, x_norm):
+    return accumulation_dtype(xp, *(t.dtype for t in (x, y, x_norm) if t is not None))
+
+
+def _alpha(xp, alpha0, beta, ratio):
+    # Scalars are computed in the accumulation dtype (float32, or float64 for float64 inputs).
+    return compute_alpha(xp.astype(alpha0, ratio.dtype), xp.astype(beta, ratio.dtype), ratio)
+
+
+def _residual(xp, x, y, alpha):
+    # alpha is cast to the output dtype first, so the multiply-add runs in x/y's dtype.
+    out_dtype = xp.result_type(x.dtype, y.dtype)
+    return x + xp.astype(alpha, out_dtype) * y
+
+
+def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig, *,
+               xp=None, update=True, replica_mean=None, stop_gradient=None):
+    """A training-mode forward.
+
+    Parameters
+    ----------
+    x, y : array
+        Residual input and branch output, same shape ``(..., D)``.
+    x_norm : array or None
+        Normalised ``x`` whose energy is the denominator of the ratio; ``x`` if None.
+    alpha0, beta : array
+        The trainable parameters (0-d); they carry gradient.
+    state : AionState
+        The running state before the call.
+    config : AionConfig
+        ``ema_gamma`` and ``epsilon`` are read here.
+    xp : namespace, optional
+        Array namespace; found from ``x`` and ``y`` if not given.
+    update : bool
+        Whether this is an update step (see :func:`is_update_step`). A Python bool:
+        it selects the computation, so it must be static under tracing.
+    replica_mean : callable, optional
+        Maps this replica's batch ratio to the mean over replicas (data parallel).
+    stop_gradient : callable, optional
+        The framework's stop-gradient; the stored ratio never carries gradient.
+
+    Returns
+    -------
+    out : array
+        ``x + alpha * y`` in the promoted dtype of ``x`` and ``y``.
+    state : AionState
+        The new state (free of gradient when ``stop_gradient`` is given).
+    stats : dict
+        0-d arrays: ``alpha``, ``ratio`` (this batch's mean ratio on update steps,
+        the stored ratio otherwise) and ``ratio_ema`` (after the call).
+    """
+    xp = xp or array_namespace(x, y)
+    check_inputs(xp, x, y, x_norm)
+    sg = stop_gradient or _identity
+    ema = sg(state.ratio_ema)
+    nonfinite = state.nonfinite_count
+    if update:
+        r = batch_ratio(xp, x if x_norm is None else x_norm, y, config.epsilon)
+        if replica_mean is not None:
+            r = replica_mean(r)
+        finite = xp.isfinite(r)
+        # A non-finite ratio is replaced before any arithmetic, so neither the state
+        # nor the gradient ever sees it: the step falls back to the stored ratio.
+        r_safe = xp.where(finite, r, xp.astype(ema, r.dtype))
+        gamma = config.ema_gamma
+        ema_acc = xp.astype(ema, r.dtype)
+        r_s = r_safe if gamma == 1.0 else gamma * ema_acc + (1.0 - gamma) * r_safe
+        new_ema = xp.where(finite, xp.astype(sg(r_s), ema.dtype), ema)
+        nonfinite = nonfinite + xp.astype(xp.logical_not(finite), nonfinite.dtype)
+        ratio_stat = r
+    else:
+        r_s = xp.astype(ema, _acc(xp, x, y, x_norm))
+        new_ema = ema
+        ratio_stat = ema
+    alpha = _alpha(xp, alpha0, beta, r_s)
+    out = _residual(xp, x, y, alpha)
+    new_state = AionState(new_ema, state.step_count + 1, nonfinite)
+    stats = {"alpha": sg(alpha), "ratio": sg(ratio_stat), "ratio_ema": new_ema}
+    return out, new_state, stats
+
+
+def eval_step(x, y, alpha0, beta, state: AionState, *, x_norm=None, xp=None,
+              stop_gradient=None):
+    """An eval-mode forward: ``alpha`` from the current parameters and the stored ratio.
+
+    Nothing is updated; ``x_norm`` is checked like in training and otherwise unused.
+    Returns ``(out, stats)`` with the same stats as :func:`train_step`.
+    """
+    xp = xp or array_namespace(x, y)
+    check_inputs(xp, x, y, x_norm)
+    ema = (stop_gradient or _identity)(state.ratio_ema)
+    alpha = _alpha(xp, alpha0, beta, xp.astype(ema, _acc(xp, x, y, x_norm)))
+    out = _residual(xp, x, y, alpha)
+    return out, {"alpha": (stop_gradient or _identity)(alpha), "ratio": ema, "ratio_ema": ema}
