@@ -10,8 +10,9 @@ adapter hands in a ``keras.ops``-backed one).
 >>> cfg = core.AionConfig(alpha0=0.1, beta=0.05)
 >>> state = core.initial_state(np, dtype=np.float64)
 >>> x = np.ones((2, 4)); y = np.full((2, 4), 2.0)
->>> out, state, stats = core.train_step(x, y, None, 0.1, 0.05, state, cfg)
->>> float(stats["ratio"]), float(state.ratio_ema)
+>>> alpha0, beta = np.asarray(0.1), np.asarray(0.05)
+>>> out, state, stats = core.train_step(x, y, None, alpha0, beta, state, cfg)
+>>> round(float(stats["ratio"]), 6), round(float(state.ratio_ema), 6)
 (4.0, 1.03)
 """
 

@@ -1,0 +1,89 @@
+"""Backend-neutral conformance cases: the golden-vector sequences and the error cases.
+
+Inputs are drawn from a seeded numpy generator in float64 and rounded to the case's dtype,
+so every implementation and the float64 reference see the very same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conformance.dtypes import round_to
+
+A0, B0 = 0.1, 0.05  # aion-torch 1.0.2's defaults
+
+
+def _layer_norm(x):
+    mu = x.mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+
+
+def _calls(rng, dtype, shape, modes, *, x_norm=True, scale=1.0, params=None, nan_at=None):
+    calls = []
+    for i, mode in enumerate(modes):
+        x = round_to(rng.standard_normal(shape) * scale, dtype)
+        y = round_to(rng.standard_normal(shape) * scale * rng.uniform(0.3, 3.0), dtype)
+        if nan_at == i:
+            y.reshape(-1)[1] = np.nan
+        xn = round_to(_layer_norm(x), dtype) if x_norm else None
+        alpha0, beta = params[i] if params else (A0, B0)
+        calls.append({"mode": mode, "alpha0": float(np.float32(alpha0)), "beta": float(np.float32(beta)),
+                      "x": x, "y": y, "x_norm": xn,
+                      "cotangent": None if nan_at == i else round_to(rng.standard_normal(shape), dtype)})
+    return calls
+
+
+def vector_cases() -> list[dict]:
+    """The golden-vector cases: name, dtype, config, initial state and a sequence of calls."""
+    rng = np.random.default_rng(20261123)
+    T, E = "train", "eval"
+    fresh = {"ratio_ema": 1.0, "step_count": 0, "nonfinite_count": 0}
+    spec = [
+        ("train_xnorm_f32", "float32", {}, (2, 3, 8), [T, T, T, E], {}),
+        ("train_no_xnorm_f32", "float32", {}, (4, 16), [T, T, E], {"x_norm": False}),
+        ("strong_beta_f32", "float32", {"alpha0": 0.3, "beta": 0.7}, (3, 8), [T, T, E],
+         {"params": [(0.3, 0.7)] * 3}),
+        ("gamma1_f32", "float32", {"ema_gamma": 1.0}, (2, 8), [T, T, E], {}),
+        ("gamma0_f64", "float64", {"ema_gamma": 0.0}, (3, 5), [T, T, E], {}),
+        ("k_update3_f32", "float32", {"k_update": 3}, (2, 6), [T, T, T, T, T, E],
+         {"params": [(0.1, 0.05), (0.11, 0.06), (0.12, 0.07), (0.13, 0.08), (0.14, 0.09), (0.15, 0.1)]}),
+        ("eval_fresh_f32", "float32", {}, (2, 4), [E, T, E], {}),
+        ("basic_f64", "float64", {"epsilon": 1e-6}, (3, 5), [T, T, E], {"x_norm": False}),
+        ("vector_1d_f32", "float32", {}, (16,), [T, E], {}),
+        ("large_rms_f16", "float16", {}, (2, 16), [T, T, E], {"scale": 300.0}),
+        ("basic_bf16", "bfloat16", {}, (2, 4, 16), [T, T, E], {}),
+        ("nonfinite_f32", "float32", {}, (2, 8), [T, T, T, E], {"nan_at": 1}),
+    ]
+    cases = [{"name": name, "dtype": dtype, "config": config, "state": dict(fresh),
+              "calls": _calls(rng, dtype, shape, modes, **kw)}
+             for name, dtype, config, shape, modes, kw in spec]
+    zeros = {"mode": T, "alpha0": float(np.float32(A0)), "beta": float(np.float32(B0)),
+             "x": np.zeros((2, 8)), "y": np.zeros((2, 8)), "x_norm": None, "cotangent": np.ones((2, 8))}
+    cases.append({"name": "all_zero_f16", "dtype": "float16", "config": {}, "state": dict(fresh),
+                  "calls": [zeros, dict(zeros, mode=E)]})
+    return cases
+
+
+#: Constructor arguments that must be refused: (config, error class name).
+CONFIG_ERRORS = [
+    ({"alpha0": 0.0}, "ValueError"), ({"alpha0": -1.0}, "ValueError"),
+    ({"alpha0": float("nan")}, "ValueError"), ({"alpha0": float("inf")}, "ValueError"),
+    ({"beta": -0.1}, "ValueError"), ({"ema_gamma": 1.5}, "ValueError"),
+    ({"ema_gamma": -0.1}, "ValueError"), ({"epsilon": 0.0}, "ValueError"),
+    ({"k_update": 0}, "ValueError"), ({"k_update": 1.5}, "TypeError"),
+    ({"alpha0": "0.1"}, "TypeError"),
+]
+
+
+def call_error_cases() -> list[dict]:
+    """Inputs that must be refused, in train and eval, with the state left untouched."""
+    f = np.ones
+    cases = [
+        ("shape_mismatch", f((2, 3)), f((2, 4)), None, "float32", "ValueError"),
+        ("x_norm_shape_mismatch", f((2, 3)), f((2, 3)), f((2, 4)), "float32", "ValueError"),
+        ("empty_rows", f((0, 4)), f((0, 4)), None, "float32", "ValueError"),
+        ("empty_features", f((2, 0)), f((2, 0)), None, "float32", "ValueError"),
+        ("integer_inputs", np.ones((2, 3), np.int32), np.ones((2, 3), np.int32), None, "int32", "TypeError"),
+    ]
+    return [{"name": f"{name}_{mode}", "mode": mode, "x": x, "y": y, "x_norm": xn, "dtype": dt, "error": err}
+            for name, x, y, xn, dt, err in cases for mode in ("train", "eval")]

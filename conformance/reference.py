@@ -1,0 +1,76 @@
+"""The float64 reference: ``aion_core`` on numpy float64, plus analytic gradients.
+
+numpy has no autodiff, so the gradient of ``L = sum(out * G)`` is written out here
+(spec "Gradients"); the forward is ``aion_core`` itself, not a second copy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import aion_core as core
+
+
+def _state(d: dict) -> core.AionState:
+    return core.AionState(np.asarray(d["ratio_ema"], np.float32),
+                          np.asarray(d["step_count"], np.int32),
+                          np.asarray(d["nonfinite_count"], np.int32))
+
+
+def state_dict(s: core.AionState) -> dict:
+    return {"ratio_ema": float(s.ratio_ema), "step_count": int(s.step_count),
+            "nonfinite_count": int(s.nonfinite_count)}
+
+
+def reference_call(config: core.AionConfig, alpha0: float, beta: float, state: dict,
+                   mode: str, x, y, x_norm=None, cotangent=None):
+    """One call of the reference. Returns ``(result, new_state)`` in the driver format."""
+    a0, b = np.float64(alpha0), np.float64(beta)
+    st = _state(state)
+    update = mode == "train" and bool(core.is_update_step(int(st.step_count), config.k_update))
+    with np.errstate(invalid="ignore", over="ignore"):
+        if mode == "train":
+            out, new, stats = core.train_step(x, y, x_norm, np.asarray(a0), np.asarray(b), st,
+                                              config, xp=np, update=update)
+        else:
+            out, stats = core.eval_step(x, y, np.asarray(a0), np.asarray(b), st, x_norm=x_norm, xp=np)
+            new = st
+    result = {"out": np.asarray(out, np.float64),
+              "stats": {k: float(v) for k, v in stats.items()}}
+    if cotangent is not None:
+        result["grads"] = _grads(config, a0, b, st, update, x, y, x_norm, cotangent)
+    return result, state_dict(new)
+
+
+def _grads(config, a0, b, st, update, x, y, x_norm, g):
+    ema = np.float64(st.ratio_ema)
+    x_ref = x if x_norm is None else x_norm
+    d = x.shape[-1]
+    ex = np.mean(x_ref * x_ref, axis=-1, keepdims=True)
+    ey = np.mean(y * y, axis=-1, keepdims=True)
+    r = float(np.mean(ey / (ex + config.epsilon)))
+    live = update and np.isfinite(r)  # does this batch's ratio carry gradient?
+    gamma = config.ema_gamma
+    if live:
+        s = r if gamma == 1.0 else gamma * ema + (1.0 - gamma) * r
+        ds_dr = 1.0 if gamma == 1.0 else 1.0 - gamma
+    else:
+        s, ds_dr = ema, 0.0
+    alpha = a0 / (1.0 + b * s)
+    dl_dalpha = float(np.sum(g * y))
+    grads = {
+        "alpha0": dl_dalpha / (1.0 + b * s),
+        "beta": -dl_dalpha * a0 * s / (1.0 + b * s) ** 2,
+        "x": g.copy(),
+        "y": alpha * g,
+    }
+    dl_dr = -dl_dalpha * a0 * b / (1.0 + b * s) ** 2 * ds_dr
+    rows = y.size // d
+    dl_dratio_row = dl_dr / rows
+    grads["y"] = grads["y"] + dl_dratio_row / (ex + config.epsilon) * 2.0 * y / d
+    dx_ref = -dl_dratio_row * ey / (ex + config.epsilon) ** 2 * 2.0 * x_ref / d
+    if x_norm is None:
+        grads["x"] = grads["x"] + dx_ref
+    else:
+        grads["x_norm"] = dx_ref
+    return grads

@@ -1,0 +1,102 @@
+"""Golden vectors: the reference's answers to :mod:`conformance.cases`, as small JSON files.
+
+``python -m conformance.vectors`` rewrites ``conformance/vectors/``; the test suite checks
+that the committed files are exactly what this produces. Non-finite numbers are written
+as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` so the files stay standard JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+import aion_core as core
+from conformance.cases import CONFIG_ERRORS, call_error_cases, vector_cases
+from conformance.reference import reference_call
+
+VECTOR_DIR = Path(__file__).parent / "vectors"
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def encode(value):
+    if isinstance(value, np.ndarray):
+        return encode(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [encode(v) for v in value]
+    if isinstance(value, dict):
+        return {k: encode(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def decode(value):
+    """JSON value back to numbers; nested lists become float64 arrays."""
+    if isinstance(value, str):
+        return _NONFINITE.get(value, value)
+    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        return [decode(v) for v in value]
+    if isinstance(value, list):
+        return np.asarray(_decode_list(value), dtype=np.float64)
+    if isinstance(value, dict):
+        return {k: decode(v) for k, v in value.items()}
+    return value
+
+
+def _decode_list(value):
+    return [_decode_list(v) if isinstance(v, list) else _NONFINITE.get(v, v) for v in value]
+
+
+def expected_case(case: dict) -> dict:
+    """Run the reference over one case's calls; the result is what the JSON file holds."""
+    config = core.AionConfig(**case["config"])
+    state = dict(case["state"])
+    calls = []
+    for call in case["calls"]:
+        result, state = reference_call(config, call["alpha0"], call["beta"], state, call["mode"],
+                                       call["x"], call["y"], call["x_norm"], call["cotangent"])
+        calls.append({**call, "expected": {**result, "state": dict(state)}})
+    return {"name": case["name"], "dtype": case["dtype"], "config": config.to_dict(),
+            "state": case["state"], "calls": calls}
+
+
+def render_all() -> dict[str, str]:
+    """File name -> JSON text for every vector file."""
+    files = {f"{c['name']}.json": expected_case(c) for c in vector_cases()}
+    files["errors.json"] = {
+        "config_errors": [{"config": c, "error": e} for c, e in CONFIG_ERRORS],
+        "call_errors": [{**c, "x": c["x"].shape, "y": c["y"].shape,
+                         "x_norm": None if c["x_norm"] is None else c["x_norm"].shape}
+                        for c in call_error_cases()],
+    }
+    return {name: _dumps(encode(body)) + "\n" for name, body in files.items()}
+
+
+def _dumps(value, indent: str = "") -> str:
+    """JSON with one line per array and per scalar field: diffable and readable."""
+    if isinstance(value, dict):
+        inner = indent + "  "
+        items = [f"{inner}{json.dumps(k)}: {_dumps(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}" if items else "{}"
+    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        inner = indent + "  "
+        return "[\n" + ",\n".join(inner + _dumps(v, inner) for v in value) + "\n" + indent + "]"
+    return json.dumps(value, allow_nan=False, separators=(", ", ": "))
+
+
+def load_all() -> list[dict]:
+    """The committed vector cases, decoded."""
+    return [decode(json.loads(p.read_text())) for p in sorted(VECTOR_DIR.glob("*.json"))
+            if p.name != "errors.json"]
+
+
+if __name__ == "__main__":
+    VECTOR_DIR.mkdir(exist_ok=True)
+    for stale in VECTOR_DIR.glob("*.json"):
+        stale.unlink()
+    for name, text in render_all().items():
+        (VECTOR_DIR / name).write_text(text)
+    print(f"wrote {len(list(VECTOR_DIR.glob('*.json')))} files to {VECTOR_DIR}")
