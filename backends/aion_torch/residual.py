@@ -1,0 +1,116 @@
+"""``AionResidual`` and ``AionBlock``: parameters, buffers, train/eval and checkpoints."""
+
+from __future__ import annotations
+
+import array_api_compat.torch as xp
+import torch
+from torch import nn
+
+import aion_core
+from aion_torch.distributed import replica_mean_or_none
+
+
+def _detach(t: torch.Tensor) -> torch.Tensor:
+    return t.detach()
+
+
+class AionResidual(nn.Module):
+    """Adaptive residual ``out = x + alpha * y`` with ``alpha = alpha0 / (1 + beta * r_s)``.
+
+    Parameters
+    ----------
+    alpha0, beta : float
+        Initial values of the trainable float32 parameters (``alpha0 > 0``, ``beta >= 0``).
+    ema_gamma : float
+        EMA factor of the stored ratio in [0, 1]; 1 means no smoothing.
+    epsilon : float
+        Added to the input energy before dividing (> 0).
+    k_update : int
+        Recompute the ratio every ``k_update`` training steps (>= 1); on the other steps
+        alpha comes from the stored ratio and the current ``alpha0``, ``beta``.
+
+    Notes
+    -----
+    Buffers: ``ratio_ema`` (float32), ``step_count`` and ``nonfinite_count`` (int32).
+    ``forward`` never reads a value on the host; ``return_stats=True`` returns 0-d tensors.
+    Under ``torch.distributed`` the batch ratio is averaged over ranks.
+    """
+
+    def __init__(self, alpha0: float = 0.1, beta: float = 0.05, ema_gamma: float = 0.99,
+                 epsilon: float = 1e-8, k_update: int = 1):
+        super().__init__()
+        self.config = aion_core.AionConfig(alpha0, beta, ema_gamma, epsilon, k_update)
+        self.alpha0 = nn.Parameter(torch.tensor(self.config.alpha0, dtype=torch.float32))
+        self.beta = nn.Parameter(torch.tensor(self.config.beta, dtype=torch.float32))
+        for name, (dtype, _, value) in aion_core.STATE_SPEC.items():
+            self.register_buffer(name, torch.tensor(value, dtype=getattr(torch, dtype)))
+        # Host-side phase of the k_update schedule, so choosing the branch needs no sync.
+        # It takes k values only: under torch.compile at most k_update graphs.
+        self._phase = 0
+        self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
+        self.register_load_state_dict_post_hook(AionResidual._resync_phase)
+
+    @property
+    def ema_gamma(self) -> float:
+        return self.config.ema_gamma
+
+    @property
+    def epsilon(self) -> float:
+        return self.config.epsilon
+
+    @property
+    def k_update(self) -> int:
+        return self.config.k_update
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, x_norm: torch.Tensor | None = None,
+                return_stats: bool = False):
+        """``x + alpha * y``; with ``return_stats`` also ``{"alpha", "ratio", "ratio_ema"}`` tensors."""
+        state = aion_core.AionState(self.ratio_ema, self.step_count, self.nonfinite_count)
+        if self.training:
+            out, new, stats = aion_core.train_step(
+                x, y, x_norm, self.alpha0, self.beta, state, self.config, xp=xp,
+                update=self._phase == 0, replica_mean=replica_mean_or_none(), stop_gradient=_detach)
+            with torch.no_grad():
+                self.ratio_ema.copy_(new.ratio_ema)
+                self.step_count.copy_(new.step_count)
+                self.nonfinite_count.copy_(new.nonfinite_count)
+            if self.config.k_update > 1:
+                self._phase = (self._phase + 1) % self.config.k_update
+        else:
+            out, stats = aion_core.eval_step(x, y, self.alpha0, self.beta, state, x_norm=x_norm,
+                                             xp=xp, stop_gradient=_detach)
+        return (out, stats) if return_stats else out
+
+    def _upgrade_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # aion-torch 1.0.2 checkpoints: alpha_cached is derived state here (eval alpha is
+        # recomputed from alpha0, beta and ratio_ema), and nonfinite_count is new.
+        state_dict.pop(prefix + "alpha_cached", None)
+        state_dict.setdefault(prefix + "nonfinite_count", torch.zeros((), dtype=torch.int32))
+        for name in ("step_count", "nonfinite_count"):
+            if prefix + name in state_dict:
+                state_dict[prefix + name] = state_dict[prefix + name].to(torch.int32)
+
+    def _resync_phase(self, incompatible_keys):
+        self._phase = int(self.step_count) % self.config.k_update  # one sync, at load time
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"ema_gamma={c.ema_gamma}, epsilon={c.epsilon}, k_update={c.k_update}"
+
+
+class AionBlock(nn.Module):
+    """Pre-norm residual block ``x + alpha * layer(LayerNorm(x))``, ratio taken on ``LayerNorm(x)``.
+
+    Same constructor and ``state_dict`` keys (``norm.*``, ``layer.*``, ``aion.*``) as aion-torch 1.0.2.
+    """
+
+    def __init__(self, layer: nn.Module, dim: int, alpha0: float = 0.1, beta: float = 0.05,
+                 ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.layer = layer
+        self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update)
+
+    def forward(self, x: torch.Tensor, return_stats: bool = False):
+        x_norm = self.norm(x)
+        return self.aion(x, self.layer(x_norm), x_norm=x_norm, return_stats=return_stats)
