@@ -1,0 +1,156 @@
+"""The portable AION checkpoint: a flat dict of 0-d numpy arrays, saved as ``.npz``.
+
+Keys are ``"<path>.<name>"`` where ``<path>`` is the dotted location of an
+``AionResidual`` in the model (``"blocks.0.aion"``) and ``<name>`` one of
+``alpha0``, ``beta`` (float32) and the :data:`aion_core.STATE_SPEC` fields
+``ratio_ema`` (float32), ``step_count``, ``nonfinite_count`` (int32). A stacked
+(``nnx.vmap`` / ``nn.scan``) layer stores one entry per layer: ``"<path>.<i>.<name>"``.
+Any framework can read and write it with numpy alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import aion_core as core
+from aion_flax.linen import STATS_COLLECTION
+from aion_flax.nnx import AionResidual
+
+#: Entry name -> numpy dtype of the portable format.
+PORTABLE_DTYPES = {"alpha0": np.float32, "beta": np.float32,
+                   **{name: np.dtype(spec[0]).type for name, spec in core.STATE_SPEC.items()}}
+_PARAMS = ("alpha0", "beta")
+
+
+def _explode(prefix: tuple, name: str, value, out: dict) -> None:
+    # One 0-d entry per layer of a stacked array; a plain layer has a 0-d value already.
+    value = np.asarray(value).astype(PORTABLE_DTYPES[name])
+    for index in np.ndindex(value.shape):
+        out[".".join(str(p) for p in (*prefix, *index, name))] = value[index]
+
+
+def _gather(prefix: tuple, name: str, shape: tuple, flat: Mapping, used: set) -> np.ndarray:
+    value = np.empty(shape, PORTABLE_DTYPES[name])
+    for index in np.ndindex(shape):
+        key = ".".join(str(p) for p in (*prefix, *index, name))
+        if key not in flat:
+            raise KeyError(f"checkpoint has no entry {key!r}")
+        entry = np.asarray(flat[key])
+        if entry.shape != ():
+            raise ValueError(f"checkpoint entry {key!r} must be 0-d, got shape {entry.shape}")
+        value[index] = entry
+        used.add(key)
+    return value
+
+
+def _check_all_used(flat: Mapping, used: set) -> None:
+    unused = sorted(set(flat) - used)
+    if unused:
+        raise ValueError(f"checkpoint entries match no AionResidual: {unused[:5]}")
+
+
+def _nnx_layers(model):
+    return [(path, node) for path, node in nnx.iter_graph(model) if isinstance(node, AionResidual)]
+
+
+def _linen_layers(tree: Mapping, prefix: tuple = ()):
+    # A dict holding every state field is one AionResidual's slot in "aion_stats".
+    if all(name in tree for name in core.STATE_SPEC):
+        yield prefix
+        return
+    for key, sub in tree.items():
+        if isinstance(sub, Mapping):
+            yield from _linen_layers(sub, (*prefix, key))
+
+
+def _at(tree: Mapping, path: tuple) -> Mapping:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def to_portable(model_or_variables) -> dict[str, np.ndarray]:
+    """Every AION parameter and state entry of a model as the portable flat dict.
+
+    Parameters
+    ----------
+    model_or_variables : nnx.Module or Mapping
+        An NNX model, or Linen variables with ``"params"`` and ``"aion_stats"``.
+
+    Returns
+    -------
+    dict of str to 0-d numpy array
+
+    Examples
+    --------
+    >>> from aion_flax import AionResidual
+    >>> sorted(to_portable(AionResidual()).items())[:2]
+    [('alpha0', array(0.1, dtype=float32)), ('beta', array(0.05, dtype=float32))]
+    """
+    flat: dict[str, np.ndarray] = {}
+    if isinstance(model_or_variables, nnx.Module):
+        for path, layer in _nnx_layers(model_or_variables):
+            for name in PORTABLE_DTYPES:
+                _explode(path, name, getattr(layer, name)[...], flat)
+        return flat
+    stats, params = model_or_variables[STATS_COLLECTION], model_or_variables["params"]
+    for path in _linen_layers(stats):
+        for name in PORTABLE_DTYPES:
+            _explode(path, name, _at(params if name in _PARAMS else stats, path)[name], flat)
+    return flat
+
+
+def nnx_from_portable(model, flat: Mapping) -> None:
+    """Write a portable dict into an NNX model in place (every entry must be used).
+
+    Raises
+    ------
+    KeyError
+        An AION layer of ``model`` has no entry in ``flat``.
+    ValueError
+        An entry is not 0-d, or matches no layer of ``model``.
+    """
+    used: set = set()
+    for path, layer in _nnx_layers(model):
+        for name in PORTABLE_DTYPES:
+            variable = getattr(layer, name)
+            value = _gather(path, name, tuple(variable[...].shape), flat, used)
+            variable[...] = jnp.asarray(value)
+    _check_all_used(flat, used)
+
+
+def linen_from_portable(variables: Mapping, flat: Mapping) -> dict:
+    """Linen ``variables`` with the AION entries replaced from a portable dict (a new dict).
+
+    Raises
+    ------
+    KeyError, ValueError
+        As :func:`nnx_from_portable`.
+    """
+    new = {col: _copy(tree) for col, tree in variables.items()}
+    used: set = set()
+    for path in list(_linen_layers(new[STATS_COLLECTION])):
+        for name in PORTABLE_DTYPES:
+            holder = _at(new["params"] if name in _PARAMS else new[STATS_COLLECTION], path)
+            holder[name] = jnp.asarray(_gather(path, name, tuple(np.shape(holder[name])), flat, used))
+    _check_all_used(flat, used)
+    return new
+
+
+def _copy(tree):
+    return {k: _copy(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree
+
+
+def save_npz(path, flat: Mapping) -> None:
+    """Save a portable dict with :func:`numpy.savez` (keys kept as written)."""
+    np.savez(path, **{key: np.asarray(value) for key, value in flat.items()})
+
+
+def load_npz(path) -> dict[str, np.ndarray]:
+    """Load a portable dict saved by :func:`save_npz` (or by any other framework)."""
+    with np.load(path) as archive:
+        return {key: archive[key] for key in archive.files}

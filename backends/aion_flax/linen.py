@@ -1,0 +1,122 @@
+"""AION as :mod:`flax.linen` modules: :class:`AionResidual` and :class:`AionBlock`.
+
+Parameters ``alpha0`` and ``beta`` are in the ``"params"`` collection; the running state
+(``ratio_ema``, ``step_count``, ``nonfinite_count``) is in the ``"aion_stats"``
+collection. A training forward writes the state only when ``"aion_stats"`` is mutable
+and the module is not being initialised, like ``BatchNorm`` and ``"batch_stats"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+import aion_core as core
+from aion_flax.functional import aion_apply
+
+#: Variable collection that holds the running state.
+STATS_COLLECTION = "aion_stats"
+
+
+class AionResidual(nn.Module):
+    """Adaptive residual ``out = x + alpha * y`` (Linen).
+
+    Attributes
+    ----------
+    alpha0, beta, ema_gamma, epsilon, k_update
+        See :class:`aion_core.AionConfig`; validated when the module is built.
+    axis_name : str or None
+        ``shard_map`` / ``pmap`` axis splitting the batch; the ratio is ``pmean``-ed over it.
+    deterministic : bool or None
+        True evaluates, False trains; give it here or at call time (not both),
+        as for ``nn.Dropout``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> x, y = jnp.ones((2, 4)), jnp.full((2, 4), 2.0)
+    >>> layer = AionResidual()
+    >>> variables = layer.init(jax.random.key(0), x, y, deterministic=False)
+    >>> out, updates = layer.apply(variables, x, y, deterministic=False, mutable=["aion_stats"])
+    >>> round(float(updates["aion_stats"]["ratio_ema"]), 4)
+    1.03
+    """
+
+    alpha0: float = 0.1
+    beta: float = 0.05
+    ema_gamma: float = 0.99
+    epsilon: float = 1e-8
+    k_update: int = 1
+    axis_name: Any = None
+    deterministic: bool | None = None
+
+    def __post_init__(self):
+        self.aion_config()  # refuse bad hyper-parameters when the module is built
+        super().__post_init__()
+
+    def aion_config(self) -> core.AionConfig:
+        """The validated :class:`aion_core.AionConfig` of this module."""
+        return core.AionConfig(alpha0=self.alpha0, beta=self.beta, ema_gamma=self.ema_gamma,
+                               epsilon=self.epsilon, k_update=self.k_update)
+
+    @nn.compact
+    def __call__(self, x, y, x_norm=None, *, deterministic: bool | None = None,
+                 return_stats: bool = False):
+        """Combine ``x`` and ``y`` (see :class:`aion_flax.AionResidual` for arguments)."""
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        config = self.aion_config()
+        alpha0 = self.param("alpha0", lambda _: jnp.asarray(config.alpha0, jnp.float32))
+        beta = self.param("beta", lambda _: jnp.asarray(config.beta, jnp.float32))
+        fresh = core.initial_state(jnp)
+        variables = [self.variable(STATS_COLLECTION, name, lambda v=value: v)
+                     for name, value in zip(core.AionState._fields, fresh)]
+        state = core.AionState(*(v.value for v in variables))
+        out, new_state, stats = aion_apply(x, y, x_norm, alpha0, beta, state, config,
+                                           train=not deterministic, axis_name=self.axis_name)
+        if (not deterministic and self.is_mutable_collection(STATS_COLLECTION)
+                and not self.is_initializing()):
+            for variable, value in zip(variables, new_state):
+                variable.value = value
+        return (out, stats) if return_stats else out
+
+
+class AionBlock(nn.Module):
+    """Pre-norm residual block: ``AionResidual(x, layer(LayerNorm(x)), x_norm=LayerNorm(x))``.
+
+    Attributes
+    ----------
+    layer : nn.Module
+        The branch, mapping ``(..., D)`` to ``(..., D)``.
+    alpha0, beta, ema_gamma, epsilon, k_update, axis_name, deterministic
+        As for :class:`AionResidual`.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> block = AionBlock(nn.Dense(8))
+    >>> variables = block.init(jax.random.key(0), jnp.ones((2, 8)), deterministic=True)
+    >>> sorted(variables), sorted(variables["params"])
+    (['aion_stats', 'params'], ['aion', 'layer', 'norm'])
+    """
+
+    layer: nn.Module
+    alpha0: float = 0.1
+    beta: float = 0.05
+    ema_gamma: float = 0.99
+    epsilon: float = 1e-8
+    k_update: int = 1
+    axis_name: Any = None
+    deterministic: bool | None = None
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool | None = None, return_stats: bool = False):
+        """``x`` of shape ``(..., D)`` to the block output (and stats when asked)."""
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        # Two-pass variance (as torch computes it), epsilon 1e-5 (spec).
+        x_norm = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name="norm")(x)
+        aion = AionResidual(self.alpha0, self.beta, self.ema_gamma, self.epsilon, self.k_update,
+                            self.axis_name, name="aion")
+        return aion(x, self.layer(x_norm), x_norm=x_norm, deterministic=deterministic,
+                    return_stats=return_stats)

@@ -1,0 +1,142 @@
+"""AION as :mod:`flax.nnx` modules: :class:`AionResidual` and :class:`AionBlock`.
+
+Parameters are :class:`flax.nnx.Param` (``alpha0``, ``beta``); the running state lives in
+:class:`AionStat` variables, so it can be filtered apart from parameters
+(``nnx.state(model, AionStat)``) and is never differentiated by ``nnx.grad``.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+import aion_core as core
+from aion_flax.functional import aion_apply
+
+
+class AionStat(nnx.Variable):
+    """Running state of an AION residual (``ratio_ema``, ``step_count``, ``nonfinite_count``).
+
+    Updated by training forwards, never by an optimiser: filter with ``AionStat``.
+    """
+
+
+class AionResidual(nnx.Module):
+    """Adaptive residual ``out = x + alpha * y`` with ``alpha`` from the running energy ratio.
+
+    Parameters
+    ----------
+    alpha0, beta, ema_gamma, epsilon, k_update
+        See :class:`aion_core.AionConfig`; validated there (ValueError / TypeError).
+    axis_name : str or None
+        Name of the ``shard_map`` / ``pmap`` axis that splits the batch; the batch ratio
+        is then ``pmean``-ed over it. Not needed under plain ``jit`` with sharded inputs.
+    deterministic : bool
+        Default mode: False trains (ratio measured, state advanced), True evaluates.
+        Set by ``model.train()`` / ``model.eval()`` or overridden per call.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> layer = AionResidual()
+    >>> out = layer(jnp.ones((2, 4)), jnp.full((2, 4), 2.0))
+    >>> int(layer.step_count[...]), round(float(layer.ratio_ema[...]), 4)
+    (1, 1.03)
+    >>> layer.eval()
+    >>> _ = layer(jnp.ones((2, 4)), jnp.ones((2, 4)))
+    >>> int(layer.step_count[...])
+    1
+    """
+
+    def __init__(self, alpha0: float = 0.1, beta: float = 0.05, ema_gamma: float = 0.99,
+                 epsilon: float = 1e-8, k_update: int = 1, axis_name=None, *,
+                 deterministic: bool = False):
+        self.config = core.AionConfig(alpha0=alpha0, beta=beta, ema_gamma=ema_gamma,
+                                      epsilon=epsilon, k_update=k_update)
+        self.axis_name = axis_name
+        self.deterministic = deterministic
+        self.alpha0 = nnx.Param(jnp.asarray(self.config.alpha0, jnp.float32))
+        self.beta = nnx.Param(jnp.asarray(self.config.beta, jnp.float32))
+        fresh = core.initial_state(jnp)
+        self.ratio_ema = AionStat(fresh.ratio_ema)
+        self.step_count = AionStat(fresh.step_count)
+        self.nonfinite_count = AionStat(fresh.nonfinite_count)
+
+    @property
+    def state(self) -> core.AionState:
+        """The running state as an :class:`aion_core.AionState` of 0-d arrays."""
+        return core.AionState(self.ratio_ema[...], self.step_count[...], self.nonfinite_count[...])
+
+    def __call__(self, x, y, x_norm=None, *, deterministic: bool | None = None,
+                 return_stats: bool = False):
+        """Combine ``x`` and ``y``.
+
+        Parameters
+        ----------
+        x, y : jax.Array
+            Same shape ``(..., D)``, floating dtype.
+        x_norm : jax.Array, optional
+            Normalised ``x`` (the block's LayerNorm output) for the ratio's denominator.
+        deterministic : bool, optional
+            Overrides the module's mode for this call (True: eval).
+        return_stats : bool
+            Also return ``{"alpha", "ratio", "ratio_ema"}`` (0-d, no gradient).
+
+        Returns
+        -------
+        out : jax.Array, or ``(out, stats)`` when ``return_stats``.
+        """
+        deterministic = self.deterministic if deterministic is None else deterministic
+        out, new_state, stats = aion_apply(x, y, x_norm, self.alpha0[...], self.beta[...],
+                                           self.state, self.config, train=not deterministic,
+                                           axis_name=self.axis_name)
+        if not deterministic:
+            self.ratio_ema[...] = new_state.ratio_ema
+            self.step_count[...] = new_state.step_count
+            self.nonfinite_count[...] = new_state.nonfinite_count
+        return (out, stats) if return_stats else out
+
+    def set_view(self, deterministic: bool | None = None):
+        """Used by ``nnx.view(model, deterministic=...)``."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+
+
+class AionBlock(nnx.Module):
+    """Pre-norm residual block: ``AionResidual(x, layer(LayerNorm(x)), x_norm=LayerNorm(x))``.
+
+    Parameters
+    ----------
+    layer : callable
+        The branch, usually an ``nnx.Module`` mapping ``(..., dim)`` to ``(..., dim)``.
+    dim : int
+        Feature size (the LayerNorm's).
+    alpha0, beta, ema_gamma, epsilon, k_update, axis_name, deterministic
+        Passed to :class:`AionResidual`.
+    rngs : nnx.Rngs, optional
+        For the LayerNorm (its initialisers are constant; ``nnx.Rngs(0)`` if omitted).
+
+    Examples
+    --------
+    >>> from flax import nnx
+    >>> import jax.numpy as jnp
+    >>> block = AionBlock(nnx.Linear(8, 8, rngs=nnx.Rngs(0)), 8)
+    >>> block(jnp.ones((2, 8))).shape
+    (2, 8)
+    """
+
+    def __init__(self, layer, dim: int, *, alpha0: float = 0.1, beta: float = 0.05,
+                 ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1,
+                 axis_name=None, deterministic: bool = False, rngs: nnx.Rngs | None = None):
+        # LayerNorm in the two-pass variance (as torch computes it), epsilon 1e-5 (spec).
+        self.norm = nnx.LayerNorm(dim, epsilon=1e-5, use_fast_variance=False,
+                                  rngs=rngs if rngs is not None else nnx.Rngs(0))
+        self.layer = layer
+        self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, axis_name,
+                                 deterministic=deterministic)
+
+    def __call__(self, x, *, deterministic: bool | None = None, return_stats: bool = False):
+        """``x`` of shape ``(..., dim)`` to the block output (and stats, see AionResidual)."""
+        x_norm = self.norm(x)
+        return self.aion(x, self.layer(x_norm), x_norm=x_norm, deterministic=deterministic,
+                         return_stats=return_stats)
