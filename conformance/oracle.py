@@ -29,3 +29,43 @@ def load_oracle():
     sys.modules[MODULE] = module
     spec.loader.exec_module(module)
     return module
+
+
+def training_parity(steps: int = 8, ema_gamma: float = 0.99, use_xnorm: bool = True,
+                    seed: int = 0) -> dict[str, float]:
+    """Train aion-torch 1.0.2 and :mod:`aion_torch` side by side with SGD.
+
+    Returns the worst error over ``steps`` steps per quantity, relative to the largest
+    magnitude of the original's value: outputs, gradients of x, y, x_norm, alpha0, beta,
+    and ratio_ema; plus ``step_count_mismatches``.
+    """
+    import torch
+
+    import aion_torch
+
+    orig = load_oracle()
+    kw = dict(alpha0=0.1, beta=0.3, ema_gamma=ema_gamma)
+    models = [orig.AionResidual(**kw), aion_torch.AionResidual(**kw)]
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in models]
+    gen = torch.Generator().manual_seed(seed)
+    names = ["out", "grad.x", "grad.y"] + (["grad.x_norm"] if use_xnorm else []) + \
+        ["grad.alpha0", "grad.beta", "ratio_ema"]
+    worst = dict.fromkeys(names, 0.0)
+    worst["step_count_mismatches"] = 0
+    for _ in range(steps):
+        x, y, xn, g = (torch.randn(4, 6, 32, generator=gen) * s for s in (1.0, 2.0, 1.0, 1.0))
+        got = []
+        for m, opt in zip(models, opts):
+            ins = [t.clone().requires_grad_() for t in (x, y, xn)]
+            out = m(ins[0], ins[1], x_norm=ins[2] if use_xnorm else None)
+            opt.zero_grad()
+            (out * g).sum().backward()
+            vals = [out] + [t.grad for t in ins[:2 + use_xnorm]] + [m.alpha0.grad, m.beta.grad, m.ratio_ema]
+            got.append([v.detach().double().clone() for v in vals])
+            opt.step()
+        for name, a, b in zip(names, *got):
+            if name == "ratio_ema" and ema_gamma == 1.0:
+                continue  # 1.0.2 never stores the ratio without smoothing (a documented difference)
+            worst[name] = max(worst[name], float((b - a).abs().max() / a.abs().max().clamp_min(1e-30)))
+        worst["step_count_mismatches"] += int(models[0].step_count) != int(models[1].step_count)
+    return worst

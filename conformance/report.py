@@ -33,6 +33,7 @@ def _per_dtype(run: dict) -> dict:
 def write_report(runs: list[dict], outdir: Path) -> bool:
     """Print the table and write ``conformance.json`` and ``conformance.md``; True if all passed."""
     checks = ["vector", "config_error", "call_error"]
+    checks += sorted({r["check"] for run in runs for r in run["results"]} - set(checks))
     lines = ["| driver | " + " | ".join(checks) + " | max abs / rel error per dtype (vectors) |",
              "|---|" + "---|" * len(checks) + "---|"]
     ok, failures = True, []
@@ -46,13 +47,15 @@ def write_report(runs: list[dict], outdir: Path) -> bool:
         cells = []
         for c in checks:
             s = summ.get(c, {"pass": 0, "fail": 0, "skip": 0})
-            cell = f"{s['pass']} pass" + (f", **{s['fail']} FAIL**" if s["fail"] else "") + \
-                (f", {s['skip']} skip" if s["skip"] else "")
+            cell = "-" if not any(s[k] for k in ("pass", "fail", "skip")) else f"{s['pass']} pass" + \
+                (f", **{s['fail']} FAIL**" if s["fail"] else "") + (f", {s['skip']} skip" if s["skip"] else "")
             cells.append(cell)
             if s["fail"]:
                 ok = False
                 failures += [f"{run['driver']} {c}: {f}" for f in s["failures"]]
         errs = ", ".join(f"{d} {a:.1e} / {r:.1e}" for d, (a, r) in sorted(_per_dtype(run).items()))
+        if "aion-torch 1.0.2" in summ:
+            errs += f"; vs aion-torch 1.0.2: {summ['aion-torch 1.0.2']['max_rel']:.1e}"
         lines.append(f"| {run['driver']} | " + " | ".join(cells) + f" | {errs} |")
     versions = {k: v for run in runs for k, v in run.get("versions", {}).items()}
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -127,5 +127,6 @@ def run_errors(driver) -> list[Result]:
 
 
 def run_driver(driver) -> list[Result]:
-    """Every vector and error case against ``driver``."""
-    return [run_vector(driver, c) for c in load_all()] + run_errors(driver)
+    """Every vector and error case against ``driver``, plus the driver's own ``extra_checks()``."""
+    extra = driver.extra_checks() if hasattr(driver, "extra_checks") else []
+    return [run_vector(driver, c) for c in load_all()] + run_errors(driver) + extra

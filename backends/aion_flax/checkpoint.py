@@ -30,7 +30,7 @@ def _explode(prefix: tuple, name: str, value, out: dict) -> None:
     # One 0-d entry per layer of a stacked array; a plain layer has a 0-d value already.
     value = np.asarray(value).astype(PORTABLE_DTYPES[name])
     for index in np.ndindex(value.shape):
-        out[".".join(str(p) for p in (*prefix, *index, name))] = value[index]
+        out[".".join(str(p) for p in (*prefix, *index, name))] = np.asarray(value[index])
 
 
 def _gather(prefix: tuple, name: str, shape: tuple, flat: Mapping, used: set) -> np.ndarray:

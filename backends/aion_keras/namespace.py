@@ -16,6 +16,8 @@ so one code path serves the TensorFlow, JAX and PyTorch backends alike.
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -72,10 +74,19 @@ def isdtype(dtype, kind) -> bool:
     return name == _standard_name(kind)
 
 
+_FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
 def result_type(*arrays_and_dtypes) -> KerasDType:
-    """The promoted dtype, by Keras' promotion rules (which follow JAX's)."""
-    dtypes = [getattr(a, "dtype", a) for a in arrays_and_dtypes]
-    return KerasDType(keras.backend.result_type(*dtypes))
+    """The promoted dtype, by Keras' promotion rules, except that float64 stays float64.
+
+    Outside TensorFlow, Keras demotes every 64-bit result to 32 bits (JAX's default);
+    a float64 input must give a float64 output, as with the array API.
+    """
+    names = [_standard_name(getattr(a, "dtype", a)) for a in arrays_and_dtypes]
+    if "float64" in names and all(n in _FLOATS for n in names):
+        return float64
+    return KerasDType(keras.backend.result_type(*names))
 
 
 def astype(x, dtype, /, *, copy=True):
@@ -89,6 +100,13 @@ def asarray(obj, /, *, dtype=None, device=None, copy=None):
 
 
 def mean(x, /, *, axis=None, keepdims=False):
+    """Array-API ``mean``; float64 input is averaged in float64 on every backend."""
+    if _standard_name(x.dtype) == "float64" and keras.backend.result_type(x.dtype, "float32") != "float64":
+        # keras.ops.mean would average in float32 here (Keras demotes float64 outside
+        # TensorFlow), so sum in float64 and divide by the static element count.
+        axes = range(len(x.shape)) if axis is None else (axis,) if isinstance(axis, int) else axis
+        count = math.prod(x.shape[a] for a in axes)
+        return ops.sum(x, axis=axis, keepdims=keepdims) / count
     return ops.mean(x, axis=axis, keepdims=keepdims)
 
 

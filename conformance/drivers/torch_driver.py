@@ -7,6 +7,9 @@ import torch
 
 from aion_torch import AionResidual
 from conformance.driver import as_f64
+from conformance.dtypes import RTOL
+from conformance.oracle import load_oracle, training_parity
+from conformance.runner import Result
 
 
 class TorchDriver:
@@ -54,3 +57,22 @@ class TorchDriver:
                                for k, t in named.items() if t is not None}
             result["grads"].update(alpha0=float(layer.alpha0.grad), beta=float(layer.beta.grad))
         return result
+
+    def extra_checks(self):
+        """Multi-step SGD training against aion-torch 1.0.2 itself, in float32."""
+        results = []
+        for gamma in (0.99, 1.0):
+            for use_xnorm in (True, False):
+                case = f"8 SGD steps, ema_gamma={gamma}, x_norm={'given' if use_xnorm else 'None'}"
+                res = Result(self.name, "aion-torch 1.0.2", case, "float32", "pass")
+                if load_oracle() is None:
+                    res.status, res.messages = "skip", ["aion-torch 1.0.2 not installed in .oracle/"]
+                else:
+                    worst = training_parity(ema_gamma=gamma, use_xnorm=use_xnorm)
+                    if worst.pop("step_count_mismatches"):
+                        res.messages.append("step_count differs")
+                    res.max_abs = res.max_rel = max(worst.values())
+                    res.messages += [f"{k}: {v:.2e}" for k, v in worst.items() if v > RTOL["float32"]]
+                    res.status = "fail" if res.messages else "pass"
+                results.append(res)
+        return results

@@ -1,0 +1,195 @@
+"""``AionResidual`` and ``AionBlock`` as Keras 3 layers, on any Keras backend."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+import aion_core
+from aion_core.math import accumulation_dtype
+from aion_keras import namespace as xp
+from aion_keras.distribution import replica_mean_or_none
+
+_STATE_NAMES = tuple(aion_core.STATE_SPEC)
+
+
+@keras.saving.register_keras_serializable(package="aion")
+class AionResidual(keras.layers.Layer):
+    """Adaptive residual ``out = x + alpha * y`` with ``alpha = alpha0 / (1 + beta * r_s)``.
+
+    Parameters
+    ----------
+    alpha0, beta : float
+        Initial values of the trainable float32 scalars (``alpha0 > 0``, ``beta >= 0``).
+    ema_gamma : float
+        EMA factor of the stored ratio in [0, 1]; 1 means no smoothing.
+    epsilon : float
+        Added to the input energy before dividing (> 0).
+    k_update : int
+        Recompute the ratio every ``k_update`` training steps (>= 1); on the other
+        steps alpha comes from the stored ratio and the current ``alpha0``, ``beta``.
+    **kwargs
+        Passed to ``keras.layers.Layer`` (``name``, ``dtype``, ...).
+
+    Raises
+    ------
+    ValueError, TypeError
+        From :class:`aion_core.AionConfig`, naming the bad argument.
+
+    Notes
+    -----
+    Weights: ``alpha0``, ``beta`` (trainable) and ``ratio_ema`` (float32),
+    ``step_count``, ``nonfinite_count`` (int32), non-trainable and assigned in
+    training only. All five stay float32/int32 under mixed precision, and the
+    energies are formed in float32 (float64 for float64 inputs). Under a
+    ``tf.distribute`` strategy the batch ratio is the mean over replicas.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> layer = AionResidual()
+    >>> x, y = np.ones((2, 4), "float32"), np.full((2, 4), 2.0, "float32")
+    >>> out = layer(x, y, training=True)
+    >>> round(float(layer.ratio_ema.numpy()), 6), int(layer.step_count.numpy())
+    (1.03, 1)
+    """
+
+    def __init__(self, alpha0: float = 0.1, beta: float = 0.05, ema_gamma: float = 0.99,
+                 epsilon: float = 1e-8, k_update: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.aion_config = aion_core.AionConfig(alpha0, beta, ema_gamma, epsilon, k_update)
+        # autocast=False: the parameters and the state stay float32 under mixed precision.
+        self.alpha0 = self.add_weight(
+            name="alpha0", shape=(), dtype="float32", autocast=False,
+            initializer=keras.initializers.Constant(self.aion_config.alpha0))
+        self.beta = self.add_weight(
+            name="beta", shape=(), dtype="float32", autocast=False,
+            initializer=keras.initializers.Constant(self.aion_config.beta))
+        for name, (dtype, shape, value) in aion_core.STATE_SPEC.items():
+            # Every replica computes the same new state (the ratio is all-reduced), so
+            # the first replica's value is the one to keep.
+            variable = self.add_weight(
+                name=name, shape=shape, dtype=dtype, autocast=False, trainable=False,
+                initializer=keras.initializers.Constant(value), aggregation="only_first_replica")
+            setattr(self, name, variable)
+
+    def call(self, x, y, x_norm=None, training=None, return_stats=False):
+        """``x + alpha * y``; with ``return_stats`` also ``{"alpha", "ratio", "ratio_ema"}``.
+
+        Parameters
+        ----------
+        x, y : tensor
+            Residual input and branch output, same shape ``(..., D)``, floating dtype.
+        x_norm : tensor, optional
+            Normalised ``x`` whose energy is the ratio's denominator; ``x`` if None.
+        training : bool, optional
+            Training forwards update the ratio on update steps and assign the state.
+        return_stats : bool
+            Also return the stats dict of 0-d tensors.
+        """
+        state = aion_core.AionState(*(getattr(self, n).value for n in _STATE_NAMES))
+        alpha0, beta = self.alpha0.value, self.beta.value
+        if training:
+            out, new_state, stats = self._train_step(x, y, x_norm, alpha0, beta, state)
+            # The core has validated the inputs before returning: a failed call assigns nothing.
+            for name, value in zip(_STATE_NAMES, new_state):
+                getattr(self, name).assign(value)
+        else:
+            out, stats = aion_core.eval_step(x, y, alpha0, beta, state, x_norm=x_norm, xp=xp,
+                                             stop_gradient=ops.stop_gradient)
+        return (out, stats) if return_stats else out
+
+    def _train_step(self, x, y, x_norm, alpha0, beta, state):
+        config = self.aion_config
+
+        def step(update):
+            return aion_core.train_step(
+                x, y, x_norm, alpha0, beta, state, config, xp=xp, update=update,
+                replica_mean=replica_mean_or_none(), stop_gradient=ops.stop_gradient)
+
+        if config.k_update == 1:
+            return step(True)
+        # The schedule depends on the step count, a tensor under jit: both branches are
+        # traced and the device picks one. Their ratio stats differ in dtype (batch ratio
+        # in the accumulation dtype, stored ratio in float32), so both are cast to the former.
+        acc = accumulation_dtype(xp, *(t.dtype for t in (x, y, x_norm) if t is not None))
+        aion_core.check_inputs(xp, x, y, x_norm)  # raise once, outside the traced branches
+
+        def branch(update):
+            def run():
+                out, new_state, stats = step(update)
+                return out, tuple(new_state), {**stats, "ratio": xp.astype(stats["ratio"], acc)}
+            return run
+
+        out, new_state, stats = ops.cond(
+            aion_core.is_update_step(state.step_count, config.k_update), branch(True), branch(False))
+        return out, aion_core.AionState(*new_state), stats
+
+    def compute_output_spec(self, x, y, x_norm=None, training=None, return_stats=False):
+        out = keras.KerasTensor(x.shape, dtype=xp.result_type(x.dtype, y.dtype))
+        if not return_stats:
+            return out
+        return out, {k: keras.KerasTensor((), dtype="float32") for k in ("alpha", "ratio", "ratio_ema")}
+
+    def get_config(self):
+        return {**super().get_config(), **self.aion_config.to_dict()}
+
+
+@keras.saving.register_keras_serializable(package="aion")
+class AionBlock(keras.layers.Layer):
+    """Pre-norm residual block ``x + alpha * layer(LayerNorm(x))``, ratio taken on ``LayerNorm(x)``.
+
+    Parameters
+    ----------
+    layer : keras.layers.Layer
+        The branch, mapping ``(..., dim)`` to ``(..., dim)``.
+    dim : int
+        Size of the feature (last) axis.
+    alpha0, beta, ema_gamma, epsilon, k_update
+        As for :class:`AionResidual`.
+
+    Notes
+    -----
+    Sub-layers ``norm`` (``LayerNormalization(epsilon=1e-5)``), ``layer`` and ``aion``,
+    as in aion-torch's ``AionBlock``.
+    """
+
+    def __init__(self, layer, dim: int, alpha0: float = 0.1, beta: float = 0.05,
+                 ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.dim = dim
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-5, dtype=self.dtype_policy)
+        self.layer = layer
+        self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        if input_shape[-1] != self.dim:
+            raise ValueError(f"the last axis of the input must have size dim={self.dim}, "
+                             f"got shape {tuple(input_shape)}")
+        self.norm.build(input_shape)
+        if not self.layer.built:
+            self.layer.build(input_shape)
+
+    def call(self, x, training=None, return_stats=False):
+        x_norm = self.norm(x)
+        # training reaches self.layer through Keras' call context (not every layer takes it).
+        return self.aion(x, self.layer(x_norm), x_norm=x_norm, training=training,
+                         return_stats=return_stats)
+
+    def compute_output_spec(self, x, training=None, return_stats=False):
+        return self.aion.compute_output_spec(x, x, x, return_stats=return_stats)
+
+    def get_config(self):
+        residual = self.aion.aion_config.to_dict()
+        return {**super().get_config(), "layer": keras.saving.serialize_keras_object(self.layer),
+                "dim": self.dim, **residual}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return cls(**config)

@@ -1,0 +1,53 @@
+"""The committed golden vectors are exactly what the generator writes, and the suite can fail."""
+
+import numpy as np
+
+from conformance.drivers.numpy_reference import NumpyDriver
+from conformance.runner import compare, run_driver, run_vector
+from conformance.vectors import VECTOR_DIR, load_all, render_all
+
+
+def test_committed_vectors_match_generator():
+    rendered = render_all()
+    committed = {p.name: p.read_text() for p in VECTOR_DIR.glob("*.json")}
+    assert sorted(committed) == sorted(rendered)
+    stale = [name for name, text in rendered.items() if committed[name] != text]
+    assert not stale, f"regenerate with `python -m conformance.vectors`: {stale}"
+
+
+def test_vectors_cover_the_required_cases():
+    cases = load_all()
+    dtypes = {c["dtype"] for c in cases}
+    assert dtypes == {"float64", "float32", "float16", "bfloat16"}
+    configs = [c["config"] for c in cases]
+    assert any(c["ema_gamma"] == 1.0 for c in configs) and any(c["k_update"] > 1 for c in configs)
+    calls = [call for c in cases for call in c["calls"]]
+    assert any(call["x_norm"] is None for call in calls) and any(call["x_norm"] is not None for call in calls)
+    assert any(call["expected"]["state"]["nonfinite_count"] > 0 for call in calls)
+
+
+def test_reference_driver_passes_everything():
+    results = run_driver(NumpyDriver())
+    assert results and all(r.status == "pass" for r in results), [r for r in results if r.status != "pass"]
+
+
+class _OffByOne(NumpyDriver):
+    name = "wrong"
+
+    def call(self, *args, **kwargs):
+        result = super().call(*args, **kwargs)
+        result["out"] = result["out"] * (1 + 1e-4)
+        return result
+
+
+def test_a_wrong_implementation_fails():
+    case = next(c for c in load_all() if c["name"] == "train_xnorm_f32")
+    res = run_vector(_OffByOne(), case)
+    assert res.status == "fail" and "out" in " ".join(res.messages)
+
+
+def test_compare_nan_positions_must_match():
+    ok, *_ = compare(np.array([1.0, np.nan]), np.array([1.0, 2.0]), 1e-5)
+    assert not ok
+    ok, *_ = compare(np.array([1.0, np.nan]), np.array([1.0, np.nan]), 1e-5)
+    assert ok
