@@ -1,0 +1,54 @@
+"""Driver running ``aion_core`` on array-api-strict: proves the core needs nothing beyond the standard.
+
+array-api-strict has no autodiff and no float16/bfloat16, so this driver checks forward
+outputs, stats and state in float32 and float64 only.
+"""
+
+from __future__ import annotations
+
+import array_api_strict as xp
+import numpy as np
+
+import aion_core as core
+
+
+class ArrayApiStrictDriver:
+    name = "array-api-strict"
+    dtypes = ("float64", "float32")
+    has_grads = False
+
+    def versions(self):
+        return {"array-api-strict": xp.__version__}
+
+    def make(self, config):
+        return {"config": core.AionConfig(**config), "alpha0": xp.asarray(0.1, dtype=xp.float32),
+                "beta": xp.asarray(0.05, dtype=xp.float32), "state": core.initial_state(xp)}
+
+    def set_params(self, layer, alpha0, beta):
+        layer["alpha0"] = xp.asarray(alpha0, dtype=xp.float32)
+        layer["beta"] = xp.asarray(beta, dtype=xp.float32)
+
+    def set_state(self, layer, state):
+        layer["state"] = core.AionState(xp.asarray(state["ratio_ema"], dtype=xp.float32),
+                                        xp.asarray(int(state["step_count"]), dtype=xp.int32),
+                                        xp.asarray(int(state["nonfinite_count"]), dtype=xp.int32))
+
+    def get_state(self, layer):
+        s = layer["state"]
+        return {"ratio_ema": float(s.ratio_ema), "step_count": int(s.step_count),
+                "nonfinite_count": int(s.nonfinite_count)}
+
+    def call(self, layer, mode, x, y, x_norm, cotangent, dtype):
+        dt = getattr(xp, dtype)
+
+        def arr(a):
+            return None if a is None else xp.asarray(np.asarray(a), dtype=dt)
+
+        tx, ty, tn = arr(x), arr(y), arr(x_norm)
+        if mode == "train":
+            update = bool(core.is_update_step(int(layer["state"].step_count), layer["config"].k_update))
+            out, layer["state"], stats = core.train_step(tx, ty, tn, layer["alpha0"], layer["beta"],
+                                                         layer["state"], layer["config"], xp=xp, update=update)
+        else:
+            out, stats = core.eval_step(tx, ty, layer["alpha0"], layer["beta"], layer["state"], x_norm=tn, xp=xp)
+        return {"out": np.asarray(out, dtype=np.float64), "stats": {k: float(v) for k, v in stats.items()}}
