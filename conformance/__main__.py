@@ -21,6 +21,7 @@ from pathlib import Path
 
 from conformance.drivers import DRIVERS
 from conformance.report import write_report
+from conformance.trajectory_report import RUNNERS, run_trajectories
 
 
 def load_driver(spec: str):
@@ -73,7 +74,10 @@ def main(argv=None) -> int:
     specs = (args.only or list(DRIVERS)) + args.driver
     args.out.mkdir(parents=True, exist_ok=True)
     runs = run_all(specs, args.out)
-    return 0 if write_report(runs, args.out) else 1
+    backends = [s for s in specs if s in RUNNERS]
+    print(f"trajectories: {', '.join(backends) or 'none'} ...", flush=True)
+    traj_ok, traj_lines = run_trajectories(backends, args.out)
+    return 0 if write_report(runs, args.out, extra=traj_lines) and traj_ok else 1
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def _per_dtype(run: dict) -> dict:
     return out
 
 
-def write_report(runs: list[dict], outdir: Path) -> bool:
+def write_report(runs: list[dict], outdir: Path, extra: list[str] = ()) -> bool:
     """Print the table and write ``conformance.json`` and ``conformance.md``; True if all passed."""
     checks = ["vector", "config_error", "call_error"]
     checks += sorted({r["check"] for run in runs for r in run["results"]} - set(checks))
@@ -62,10 +62,12 @@ def write_report(runs: list[dict], outdir: Path) -> bool:
     head = [f"# AION conformance report ({now})", "",
             f"Device: CPU ({platform.processor() or platform.machine()}), Python {platform.python_version()}",
             "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), ""]
-    md = "\n".join(head + lines + ([""] + ["Failures:"] + [f"- {f}" for f in failures] if failures else [])) + "\n"
+    tail = ([""] + ["Failures:"] + [f"- {f}" for f in failures] if failures else []) + [""] + list(extra)
+    md = "\n".join(head + lines + tail) + "\n"
     print("\n".join(lines))
     if failures:
         print("\nFailures:\n" + "\n".join(f"- {f}" for f in failures))
+    print("\n" + "\n".join(extra))
     (outdir / "conformance.md").write_text(md)
     (outdir / "conformance.json").write_text(json.dumps({"date": now, "versions": versions, "runs": runs}, indent=1))
     print(f"\nreport: {outdir / 'conformance.md'}  ({'all passed' if ok else 'FAILED'})")

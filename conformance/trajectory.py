@@ -65,3 +65,51 @@ def run_torch(problem: dict, steps: int = 20) -> dict:
         losses.append(float(loss.detach()))
         alphas.append([float(a) for a in step_alphas])
     return {"loss": losses, "alpha": alphas}
+
+
+def run_reference(problem: dict, steps: int = 20) -> dict:
+    """The float64 reference trajectory: ``aion_core`` on numpy, backpropagated by hand.
+
+    AION's forward and gradients come from :func:`conformance.reference.reference_call`;
+    LayerNorm, the dense layer and tanh are differentiated here.
+    """
+    import aion_core
+    from conformance.reference import reference_call
+
+    config = aion_core.AionConfig(problem["alpha0"], problem["beta"])
+    eps = problem["ln_eps"]
+    params = [{k: np.asarray(v, np.float64) for k, v in p.items()} for p in problem["blocks"]]
+    for p in params:
+        p["alpha0"], p["beta"] = float(np.float32(problem["alpha0"])), float(np.float32(problem["beta"]))
+    states = [{"ratio_ema": 1.0, "step_count": 0, "nonfinite_count": 0} for _ in params]
+    x, target = np.asarray(problem["x"], np.float64), np.asarray(problem["target"], np.float64)
+    losses, alphas = [], []
+    for _ in range(steps):
+        h, tape, step_alphas = x, [], []
+        for p, i in zip(params, range(len(params))):
+            mu = h.mean(-1, keepdims=True)
+            inv = 1.0 / np.sqrt(((h - mu) ** 2).mean(-1, keepdims=True) + eps)
+            xhat = (h - mu) * inv
+            xn = xhat * p["ln_scale"] + p["ln_bias"]
+            y = np.tanh(xn @ p["w"] + p["b"])
+            before = states[i]
+            res, states[i] = reference_call(config, p["alpha0"], p["beta"], before, "train", h, y, xn)
+            tape.append((h, inv, xhat, xn, y, before))
+            step_alphas.append(res["stats"]["alpha"])
+            h = res["out"]
+        losses.append(float(np.mean((h - target) ** 2)))
+        alphas.append(step_alphas)
+        dh = 2.0 * (h - target) / h.size
+        for p, (h_in, inv, xhat, xn, y, before) in reversed(list(zip(params, tape))):
+            res, _ = reference_call(config, p["alpha0"], p["beta"], before, "train", h_in, y, xn, dh)
+            g = res["grads"]
+            dz = g["y"] * (1.0 - y * y)
+            dxn = g["x_norm"] + dz @ p["w"].T
+            dxhat = dxn * p["ln_scale"]
+            grads = {"alpha0": g["alpha0"], "beta": g["beta"], "w": xn.T @ dz, "b": dz.sum(0),
+                     "ln_scale": (dxn * xhat).sum(0), "ln_bias": dxn.sum(0)}
+            dh = g["x"] + inv * (dxhat - dxhat.mean(-1, keepdims=True)
+                                 - xhat * (dxhat * xhat).mean(-1, keepdims=True))
+            for k, v in grads.items():
+                p[k] = p[k] - problem["lr"] * v
+    return {"loss": losses, "alpha": alphas}
