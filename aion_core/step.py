@@ -29,9 +29,13 @@ def _alpha(xp, alpha0, beta, ratio):
 
 
 def _residual(xp, x, y, alpha):
-    # alpha is cast to the output dtype first, so the multiply-add runs in x/y's dtype.
+    # float32/float64 inputs: the multiply-add runs in their dtype (as aion-torch 1.0.2).
+    # float16/bfloat16: it runs in alpha's dtype (float32) and is rounded once at the end,
+    # so alpha's gradient, sum(dout * y), is not summed in 16 bits either.
     out_dtype = xp.result_type(x.dtype, y.dtype)
-    return x + xp.astype(alpha, out_dtype) * y
+    if out_dtype == alpha.dtype or out_dtype == xp.float64:
+        return x + xp.astype(alpha, out_dtype) * y
+    return xp.astype(xp.astype(x, alpha.dtype) + alpha * xp.astype(y, alpha.dtype), out_dtype)
 
 
 def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig, *,

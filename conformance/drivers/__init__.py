@@ -5,5 +5,8 @@ Each driver runs in its own process, since a Keras backend is fixed at import ti
 
 DRIVERS = {
     "numpy": ("conformance.drivers.numpy_reference:NumpyDriver", {}),
+    "array-api-strict": ("conformance.drivers.array_api_strict_driver:ArrayApiStrictDriver", {}),
     "torch": ("conformance.drivers.torch_driver:TorchDriver", {}),
+    "flax-nnx": ("conformance.drivers.flax_driver:NnxDriver", {}),
+    "flax-linen": ("conformance.drivers.flax_driver:LinenDriver", {}),
 }

@@ -1,0 +1,103 @@
+"""aion_flax.linen: the aion_stats collection, init/mutable behaviour, flags, errors."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import aion_core as core
+from aion_flax.linen import STATS_COLLECTION, AionBlock, AionResidual
+from conformance.cases import CONFIG_ERRORS, call_error_cases
+
+RNG = np.random.default_rng(3)
+ERRORS = {"ValueError": ValueError, "TypeError": TypeError}
+
+
+def _f32(*shape, scale=1.0):
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _core_state(stats):
+    return core.AionState(*(np.asarray(stats[k]) for k in core.AionState._fields))
+
+
+def test_init_does_not_update_and_mutable_train_does():
+    layer = AionResidual(alpha0=0.2, beta=0.5)
+    x, y, xn = _f32(4, 8), _f32(4, 8, scale=2.0), _f32(4, 8)
+    variables = layer.init(jax.random.key(0), x, y, xn, deterministic=False)
+    assert {k: float(v) for k, v in variables[STATS_COLLECTION].items()} == \
+        {"ratio_ema": 1.0, "step_count": 0.0, "nonfinite_count": 0.0}
+    assert variables["params"]["alpha0"].dtype == jnp.float32
+
+    (out, stats), updates = layer.apply(variables, x, y, xn, deterministic=False, return_stats=True,
+                                        mutable=[STATS_COLLECTION])
+    want_out, want_state, _ = core.train_step(x, y, xn, np.float32(0.2), np.float32(0.5),
+                                              _core_state(variables[STATS_COLLECTION]),
+                                              layer.aion_config(), xp=np)
+    np.testing.assert_allclose(out, want_out, rtol=1e-6, atol=1e-6 * np.abs(want_out).max())
+    new = updates[STATS_COLLECTION]
+    np.testing.assert_allclose(new["ratio_ema"], want_state.ratio_ema, rtol=1e-6)
+    assert int(new["step_count"]) == 1 and new["step_count"].dtype == jnp.int32
+
+    # Train mode with an immutable collection: same output, nothing to write back.
+    out_ro = layer.apply(variables, x, y, xn, deterministic=False)
+    np.testing.assert_array_equal(out_ro, out)
+
+    # Eval: stored ratio, no update even if the collection is mutable.
+    (out_eval, stats_eval), unchanged = layer.apply({**variables, STATS_COLLECTION: new}, x, y,
+                                                    deterministic=True, return_stats=True,
+                                                    mutable=[STATS_COLLECTION])
+    want_eval, _ = core.eval_step(x, y, np.float32(0.2), np.float32(0.5), _core_state(new), xp=np)
+    np.testing.assert_allclose(out_eval, want_eval, rtol=1e-6, atol=1e-6 * np.abs(want_eval).max())
+    assert jax.tree.map(float, unchanged[STATS_COLLECTION]) == jax.tree.map(float, new)
+
+
+def test_deterministic_from_field_or_call_but_not_both():
+    x = _f32(2, 4)
+    variables = AionResidual(deterministic=True).init(jax.random.key(0), x, x)
+    _, updates = AionResidual(deterministic=False).apply(variables, x, x, mutable=[STATS_COLLECTION])
+    assert int(updates[STATS_COLLECTION]["step_count"]) == 1
+    with pytest.raises(ValueError):
+        AionResidual(deterministic=True).apply(variables, x, x, deterministic=False)
+    with pytest.raises(ValueError):
+        AionResidual().apply(variables, x, x)
+
+
+def test_block_param_tree_and_grad():
+    block = AionBlock(nn.Dense(8))
+    x = _f32(3, 8)
+    variables = block.init(jax.random.key(1), x, deterministic=False)
+    assert set(variables["params"]) == {"norm", "layer", "aion"}
+
+    def loss(params):
+        out, upd = block.apply({"params": params, STATS_COLLECTION: variables[STATS_COLLECTION]}, x,
+                               deterministic=False, mutable=[STATS_COLLECTION])
+        return jnp.mean(out ** 2), upd
+
+    (value, upd), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    eager_grads = jax.grad(lambda p: loss(p)[0])(variables["params"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), eager_grads, grads)
+    assert float(grads["aion"]["alpha0"]) != 0.0 and int(upd[STATS_COLLECTION]["aion"]["step_count"]) == 1
+
+
+@pytest.mark.parametrize("config,err", CONFIG_ERRORS)
+def test_bad_config_raises_when_built(config, err):
+    with pytest.raises(ERRORS[err]):
+        AionResidual(**config)
+
+
+@pytest.mark.parametrize("case", call_error_cases(), ids=lambda c: c["name"])
+def test_bad_inputs_raise_and_leave_state(case):
+    probe = _f32(2, 3)
+    layer = AionResidual()
+    variables = layer.init(jax.random.key(0), probe, probe, deterministic=True)
+    _, updates = layer.apply(variables, probe, 2 * probe, deterministic=False, mutable=[STATS_COLLECTION])
+    variables = {**variables, **updates}
+    before = jax.tree.map(np.asarray, variables)
+    dtype = jnp.int32 if case["dtype"] == "int32" else jnp.float32
+    args = [None if a is None else jnp.asarray(a, dtype) for a in (case["x"], case["y"], case["x_norm"])]
+    with pytest.raises(ERRORS[case["error"]]):
+        jax.jit(lambda v, *a: layer.apply(v, *a, deterministic=case["mode"] == "eval",
+                                          mutable=[STATS_COLLECTION]))(variables, *args)
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, variables))
