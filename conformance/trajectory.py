@@ -5,6 +5,12 @@ Model: ``h = x``; per block ``xn = LayerNorm(h)``, ``y = tanh(xn @ w + b)``,
 ``lr`` on every parameter (alpha0, beta, LayerNorm scale/bias, w, b). Every framework
 starts from the same numpy weights, so losses and per-block alphas can be compared
 step by step.
+
+A run can start from a *network checkpoint* (the portable format of spec section 9 applied
+to this network): a flat dict ``"blocks.<i>.<name>"`` -> array, ``<name>`` one of
+``ln_scale``, ``ln_bias``, ``w`` ([in, out]), ``b`` and the AION entries ``alpha0``, ``beta``,
+``ratio_ema``, ``step_count``, ``nonfinite_count``. Every runner returns the checkpoint
+of its final weights, so training can move between frameworks.
 """
 
 from __future__ import annotations
@@ -30,6 +36,38 @@ def make_problem(seed: int = 0, blocks: int = 3, dim: int = 16, batch: int = 8) 
     }
 
 
+WEIGHT_KEYS = ("ln_scale", "ln_bias", "w", "b")
+AION_DTYPES = {"alpha0": np.float32, "beta": np.float32, "ratio_ema": np.float32,
+               "step_count": np.int32, "nonfinite_count": np.int32}
+
+
+def block_aion(problem: dict, block: dict) -> dict:
+    """The AION parameters and state a block starts from (fresh unless resumed)."""
+    fresh = {"alpha0": problem["alpha0"], "beta": problem["beta"], "ratio_ema": 1.0,
+             "step_count": 0, "nonfinite_count": 0}
+    return {k: np.asarray(block.get(k, v), dtype) for (k, v), dtype in
+            zip(fresh.items(), AION_DTYPES.values())}
+
+
+def to_checkpoint(blocks: list[dict]) -> dict:
+    """Per-block weights and AION entries -> the flat portable dict (JSON-ready lists)."""
+    flat = {}
+    for i, blk in enumerate(blocks):
+        for k in WEIGHT_KEYS:
+            flat[f"blocks.{i}.{k}"] = np.asarray(blk[k], np.float32).tolist()
+        for k, dtype in AION_DTYPES.items():
+            flat[f"blocks.{i}.{k}"] = np.asarray(blk[k], dtype).item()
+    return flat
+
+
+def resume(problem: dict, checkpoint: dict) -> dict:
+    """``problem`` with its blocks replaced by those of a portable ``checkpoint``."""
+    n = len(problem["blocks"])
+    blocks = [{k: np.asarray(checkpoint[f"blocks.{i}.{k}"], AION_DTYPES.get(k, np.float32))
+               for k in (*WEIGHT_KEYS, *AION_DTYPES)} for i in range(n)]
+    return {**problem, "blocks": blocks}
+
+
 def run_torch(problem: dict, steps: int = 20) -> dict:
     """Train with :mod:`aion_torch`; loss and per-block alpha of every step's forward."""
     import torch
@@ -46,8 +84,9 @@ def run_torch(problem: dict, steps: int = 20) -> dict:
             norm.bias.copy_(torch.from_numpy(p["ln_bias"]))
             lin.weight.copy_(torch.from_numpy(p["w"].T.copy()))
             lin.bias.copy_(torch.from_numpy(p["b"]))
-        blocks.append(torch.nn.ModuleDict({"norm": norm, "lin": lin,
-                                           "aion": AionResidual(problem["alpha0"], problem["beta"])}))
+        aion = AionResidual(problem["alpha0"], problem["beta"])
+        aion.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in block_aion(problem, p).items()})
+        blocks.append(torch.nn.ModuleDict({"norm": norm, "lin": lin, "aion": aion}))
     model = torch.nn.ModuleList(blocks)
     opt = torch.optim.SGD(model.parameters(), lr=problem["lr"])
     x, target = torch.from_numpy(problem["x"]), torch.from_numpy(problem["target"])
@@ -64,7 +103,10 @@ def run_torch(problem: dict, steps: int = 20) -> dict:
         opt.step()
         losses.append(float(loss.detach()))
         alphas.append([float(a) for a in step_alphas])
-    return {"loss": losses, "alpha": alphas}
+    final = [{"ln_scale": b["norm"].weight, "ln_bias": b["norm"].bias, "w": b["lin"].weight.T,
+              "b": b["lin"].bias, **b["aion"].state_dict()} for b in model]
+    final = [{k: v.detach().numpy() for k, v in blk.items()} for blk in final]
+    return {"loss": losses, "alpha": alphas, "checkpoint": to_checkpoint(final)}
 
 
 def run_reference(problem: dict, steps: int = 20) -> dict:
@@ -78,10 +120,13 @@ def run_reference(problem: dict, steps: int = 20) -> dict:
 
     config = aion_core.AionConfig(problem["alpha0"], problem["beta"])
     eps = problem["ln_eps"]
-    params = [{k: np.asarray(v, np.float64) for k, v in p.items()} for p in problem["blocks"]]
-    for p in params:
-        p["alpha0"], p["beta"] = float(np.float32(problem["alpha0"])), float(np.float32(problem["beta"]))
-    states = [{"ratio_ema": 1.0, "step_count": 0, "nonfinite_count": 0} for _ in params]
+    params, states = [], []
+    for block in problem["blocks"]:
+        aion = block_aion(problem, block)
+        params.append({**{k: np.asarray(block[k], np.float64) for k in WEIGHT_KEYS},
+                       "alpha0": float(aion["alpha0"]), "beta": float(aion["beta"])})
+        states.append({"ratio_ema": float(aion["ratio_ema"]), "step_count": int(aion["step_count"]),
+                       "nonfinite_count": int(aion["nonfinite_count"])})
     x, target = np.asarray(problem["x"], np.float64), np.asarray(problem["target"], np.float64)
     losses, alphas = [], []
     for _ in range(steps):
@@ -112,4 +157,5 @@ def run_reference(problem: dict, steps: int = 20) -> dict:
                                  - xhat * (dxhat * xhat).mean(-1, keepdims=True))
             for k, v in grads.items():
                 p[k] = p[k] - problem["lr"] * v
-    return {"loss": losses, "alpha": alphas}
+    final = [{**p, **st} for p, st in zip(params, states)]
+    return {"loss": losses, "alpha": alphas, "checkpoint": to_checkpoint(final)}

@@ -16,6 +16,7 @@ from flax import nnx
 
 import aion_flax
 import aion_flax.linen as aion_linen
+from conformance.trajectory import block_aion, to_checkpoint
 
 #: The LayerNorm epsilon built into AionBlock (spec); the problem must use the same.
 BLOCK_LN_EPS = 1e-5
@@ -26,8 +27,9 @@ def _check_eps(problem: dict) -> None:
         raise ValueError(f"problem['ln_eps'] must be {BLOCK_LN_EPS} (AionBlock's), got {problem['ln_eps']}")
 
 
-def _result(losses, alphas) -> dict:
-    return {"loss": [float(v) for v in losses], "alpha": [[float(a) for a in row] for row in alphas]}
+def _result(losses, alphas, final_blocks) -> dict:
+    return {"loss": [float(v) for v in losses], "alpha": [[float(a) for a in row] for row in alphas],
+            "checkpoint": to_checkpoint(final_blocks)}
 
 
 class _TanhLinear(nnx.Module):
@@ -49,6 +51,8 @@ class _NnxNet(nnx.Module):
                                         alpha0=problem["alpha0"], beta=problem["beta"])
             block.norm.scale[...] = jnp.asarray(p["ln_scale"])
             block.norm.bias[...] = jnp.asarray(p["ln_bias"])
+            for name, value in block_aion(problem, p).items():
+                getattr(block.aion, name)[...] = jnp.asarray(value)
             blocks.append(block)
         self.blocks = nnx.List(blocks)
 
@@ -78,7 +82,11 @@ def run_nnx(problem: dict, steps: int = 20) -> dict:
         return loss, alphas
 
     history = [train_step(model, optimizer) for _ in range(steps)]
-    return _result([h[0] for h in history], [h[1] for h in history])
+    final = [{"ln_scale": b.norm.scale[...], "ln_bias": b.norm.bias[...],
+              "w": b.layer.linear.kernel[...], "b": b.layer.linear.bias[...],
+              **{k: getattr(b.aion, k)[...] for k in ("alpha0", "beta", "ratio_ema", "step_count",
+                                                       "nonfinite_count")}} for b in model.blocks]
+    return _result([h[0] for h in history], [h[1] for h in history], final)
 
 
 class _LinenTanhDense(nn.Module):
@@ -116,11 +124,15 @@ def run_linen(problem: dict, steps: int = 20) -> dict:
     params = {name: dict(tree) for name, tree in variables["params"].items()}
     for i, p in enumerate(problem["blocks"]):
         block = params[f"block_{i}"]
+        aion = block_aion(problem, p)
         block["norm"] = {"scale": jnp.asarray(p["ln_scale"]), "bias": jnp.asarray(p["ln_bias"])}
         block["layer"] = {"dense": {"kernel": jnp.asarray(p["w"]), "bias": jnp.asarray(p["b"])}}
+        block["aion"] = {k: jnp.asarray(aion[k]) for k in ("alpha0", "beta")}
     if jax.tree.structure(params) != jax.tree.structure(dict(variables["params"])):
         raise RuntimeError("the problem's weights do not cover the Linen parameter tree")
-    stats = variables[aion_linen.STATS_COLLECTION]
+    stats = {f"block_{i}": {"aion": {k: jnp.asarray(v) for k, v in block_aion(problem, p).items()
+                                     if k not in ("alpha0", "beta")}}
+             for i, p in enumerate(problem["blocks"])}
     tx = optax.sgd(problem["lr"])
     opt_state = tx.init(params)
 
@@ -141,4 +153,7 @@ def run_linen(problem: dict, steps: int = 20) -> dict:
         params, stats, opt_state, loss, step_alphas = train_step(params, stats, opt_state)
         losses.append(loss)
         alphas.append(step_alphas)
-    return _result(losses, alphas)
+    final = [{"ln_scale": params[f"block_{i}"]["norm"]["scale"], "ln_bias": params[f"block_{i}"]["norm"]["bias"],
+              "w": params[f"block_{i}"]["layer"]["dense"]["kernel"], "b": params[f"block_{i}"]["layer"]["dense"]["bias"],
+              **params[f"block_{i}"]["aion"], **stats[f"block_{i}"]["aion"]} for i in range(len(problem["blocks"]))]
+    return _result(losses, alphas, final)

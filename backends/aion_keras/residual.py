@@ -15,7 +15,7 @@ _STATE_NAMES = tuple(aion_core.STATE_SPEC)
 
 @keras.saving.register_keras_serializable(package="aion")
 class AionResidual(keras.layers.Layer):
-    """Adaptive residual ``out = x + alpha * y`` with ``alpha = alpha0 / (1 + beta * r_s)``.
+    """Adaptive residual ``out = x + alpha * y``; alpha shrinks as the smoothed energy ratio grows.
 
     Parameters
     ----------
@@ -72,6 +72,8 @@ class AionResidual(keras.layers.Layer):
                 name=name, shape=shape, dtype=dtype, autocast=False, trainable=False,
                 initializer=keras.initializers.Constant(value), aggregation="only_first_replica")
             setattr(self, name, variable)
+        # Every weight exists now and none depends on the input shape.
+        self._build_at_init()
 
     def call(self, x, y, x_norm=None, training=None, return_stats=False):
         """``x + alpha * y``; with ``return_stats`` also ``{"alpha", "ratio", "ratio_ema"}``.
@@ -87,31 +89,35 @@ class AionResidual(keras.layers.Layer):
         return_stats : bool
             Also return the stats dict of 0-d tensors.
         """
-        state = aion_core.AionState(*(getattr(self, n).value for n in _STATE_NAMES))
         alpha0, beta = self.alpha0.value, self.beta.value
         if training:
+            # Copies: under PyTorch the assigns below write the variables in place, and the
+            # backward may still need the values read here.
+            state = aion_core.AionState(*(ops.copy(getattr(self, n).value) for n in _STATE_NAMES))
             out, new_state, stats = self._train_step(x, y, x_norm, alpha0, beta, state)
             # The core has validated the inputs before returning: a failed call assigns nothing.
             for name, value in zip(_STATE_NAMES, new_state):
                 getattr(self, name).assign(value)
         else:
+            state = aion_core.AionState(*(getattr(self, n).value for n in _STATE_NAMES))
             out, stats = aion_core.eval_step(x, y, alpha0, beta, state, x_norm=x_norm, xp=xp,
                                              stop_gradient=ops.stop_gradient)
         return (out, stats) if return_stats else out
 
     def _train_step(self, x, y, x_norm, alpha0, beta, state):
         config = self.aion_config
+        replica_mean = replica_mean_or_none()
 
         def step(update):
             return aion_core.train_step(
                 x, y, x_norm, alpha0, beta, state, config, xp=xp, update=update,
-                replica_mean=replica_mean_or_none(), stop_gradient=ops.stop_gradient)
+                replica_mean=replica_mean, stop_gradient=ops.stop_gradient)
 
         if config.k_update == 1:
             return step(True)
-        # The schedule depends on the step count, a tensor under jit: both branches are
-        # traced and the device picks one. Their ratio stats differ in dtype (batch ratio
-        # in the accumulation dtype, stored ratio in float32), so both are cast to the former.
+        # The schedule depends on the step count, a tensor under jit: the device picks the
+        # branch. The ratio stats of the two differ in dtype (batch ratio in the
+        # accumulation dtype, stored ratio in float32), so both are cast to the former.
         acc = accumulation_dtype(xp, *(t.dtype for t in (x, y, x_norm) if t is not None))
         aion_core.check_inputs(xp, x, y, x_norm)  # raise once, outside the traced branches
 
@@ -121,8 +127,14 @@ class AionResidual(keras.layers.Layer):
                 return out, tuple(new_state), {**stats, "ratio": xp.astype(stats["ratio"], acc)}
             return run
 
-        out, new_state, stats = ops.cond(
-            aion_core.is_update_step(state.step_count, config.k_update), branch(True), branch(False))
+        update = aion_core.is_update_step(state.step_count, config.k_update)
+        if replica_mean is None:
+            out, new_state, stats = ops.cond(update, branch(True), branch(False))
+        else:
+            # tf.distribute cannot all-reduce inside a tf.cond branch, so both branches run
+            # (every replica all-reduces every step) and the results are selected.
+            out, new_state, stats = keras.tree.map_structure(
+                lambda on, off: ops.where(update, on, off), branch(True)(), branch(False)())
         return out, aion_core.AionState(*new_state), stats
 
     def compute_output_spec(self, x, y, x_norm=None, training=None, return_stats=False):

@@ -1,0 +1,47 @@
+"""``keras.distribution.DataParallel`` on 2 host devices equals one device on the full batch.
+
+Run by ``test_backends.py`` with ``KERAS_BACKEND=jax`` and
+``XLA_FLAGS=--xla_force_host_platform_device_count=2`` (read when JAX starts). Under
+jit, the core's batch mean over a sharded batch is the global mean: no explicit
+all-reduce is needed, and this test checks that it is so.
+"""
+
+from __future__ import annotations
+
+import jax
+import keras
+import numpy as np
+import pytest
+
+from models import DIM, build
+from aion_keras import AionResidual
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def test_two_host_devices():
+    assert len(jax.devices("cpu")) == 2
+
+
+def test_fit_matches_single_device_full_batch():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((32, DIM)).astype("float32")
+    x[16:] *= 3.0  # the two shards differ, so a per-shard ratio would differ from the mean
+    t = np.tanh(x @ rng.standard_normal((DIM, DIM)).astype("float32"))
+    kw = {"batch_size": 16, "epochs": 2, "shuffle": False, "verbose": 0}
+    keras.utils.set_random_seed(0)
+    single = build()
+    initial = single.get_weights()
+    loss_single = single.fit(x, t, **kw).history["loss"]
+
+    distribution = keras.distribution.DataParallel(devices=keras.distribution.list_devices("cpu"))
+    with distribution.scope():
+        parallel = build(initial)
+        loss_parallel = parallel.fit(x, t, **kw).history["loss"]
+        ratio = [layer for layer in parallel._flatten_layers() if isinstance(layer, AionResidual)]
+        sharding = ratio[0].ratio_ema.value.sharding
+    assert len(sharding.device_set) == 2  # the state is replicated on both devices
+    np.testing.assert_allclose(loss_parallel, loss_single, rtol=1e-5)
+    for a, b in zip(single.weights, parallel.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(b.value), np.asarray(a.value), rtol=1e-5, atol=1e-6,
+                                   err_msg=a.path)

@@ -1,0 +1,119 @@
+"""AION layers inside Keras models on the current backend: fit, jit_compile, saving.
+
+Run by ``test_backends.py`` under each ``KERAS_BACKEND``.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from aion_keras import AionBlock, AionResidual
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+DIM, SAMPLES, BATCH = 8, 24, 8
+STEPS_PER_EPOCH = SAMPLES // BATCH
+# jit_compile=True under PyTorch means torch.compile: minutes on a small CPU, so it is
+# exercised in the slow run only; TensorFlow (XLA) and JAX (always jitted) run it here.
+JIT = keras.backend.backend() != "torch"
+
+
+def data(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((SAMPLES, DIM)).astype("float32")
+    return x, np.tanh(x @ rng.standard_normal((DIM, DIM)).astype("float32") / 3.0)
+
+
+def state_of(layer) -> dict:
+    return {n: ops.convert_to_numpy(getattr(layer, n)).item()
+            for n in ("ratio_ema", "step_count", "nonfinite_count")}
+
+
+def aion_layers(model):
+    return [layer for layer in model._flatten_layers() if isinstance(layer, AionResidual)]
+
+
+def block_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((DIM,)),
+        AionBlock(keras.layers.Dense(DIM), DIM, beta=0.3),
+        AionBlock(keras.layers.Dense(DIM, activation="tanh"), DIM, beta=0.3, k_update=2),
+    ])
+
+
+def fit(model, epochs, jit_compile):
+    x, t = data()
+    return model.fit(x, t, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0).history["loss"]
+
+
+def test_functional_model_fit_jit_compile():
+    inputs = keras.Input((DIM,))
+    residual = AionResidual(beta=0.3)
+    outputs = residual(inputs, keras.layers.Dense(DIM)(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=JIT)
+    alpha0_before = float(ops.convert_to_numpy(residual.alpha0))
+    losses = fit(model, 2, JIT)
+    state = state_of(residual)
+    assert state["step_count"] == 2 * STEPS_PER_EPOCH and state["nonfinite_count"] == 0
+    assert state["ratio_ema"] != 1.0 and np.isfinite(losses).all()
+    assert float(ops.convert_to_numpy(residual.alpha0)) != alpha0_before  # alpha0 is trained
+    model.predict(data()[0], batch_size=BATCH, verbose=0)
+    model.evaluate(*data(), batch_size=BATCH, verbose=0)
+    assert state_of(residual) == state  # inference never assigns
+
+
+def test_sequential_blocks_fit_with_k_update():
+    model = block_model()
+    model.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=JIT)
+    fit(model, 2, JIT)
+    every, every_other = (state_of(layer) for layer in aion_layers(model))
+    assert every["step_count"] == every_other["step_count"] == 2 * STEPS_PER_EPOCH
+    assert every["ratio_ema"] != every_other["ratio_ema"]  # k_update=2 skipped half the updates
+
+
+def test_block_checks_dim():
+    with pytest.raises(ValueError, match="dim=4"):
+        AionBlock(keras.layers.Dense(4), 4)(np.ones((2, 3), "float32"))
+    with pytest.raises(TypeError, match="dim"):
+        AionBlock(keras.layers.Dense(4), 4.0)
+
+
+def test_save_load_resumes_the_same_trajectory(tmp_path):
+    """A loaded model holds the running state and trains on exactly as the original does."""
+    model = block_model()
+    model.compile(keras.optimizers.Adam(0.01), "mse", jit_compile=JIT)
+    fit(model, 1, JIT)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for original, restored in zip(aion_layers(model), aion_layers(loaded), strict=True):
+        assert state_of(restored) == state_of(original)
+        assert restored.aion_config == original.aion_config
+    # The loaded model is a separate object; its compile config came with it.
+    losses_original = fit(model, 2, JIT)
+    losses_loaded = fit(loaded, 2, JIT)
+    np.testing.assert_allclose(losses_loaded, losses_original, rtol=1e-6)
+    for a, b in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_allclose(ops.convert_to_numpy(b), ops.convert_to_numpy(a), rtol=1e-6, atol=1e-7)
+    assert state_of(aion_layers(loaded)[0])["step_count"] == 3 * STEPS_PER_EPOCH
+
+
+def test_residual_config_round_trip():
+    layer = AionResidual(alpha0=0.2, beta=0.0, ema_gamma=1.0, epsilon=1e-6, k_update=4, name="r")
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(clone) is AionResidual and clone.aion_config == layer.aion_config and clone.name == "r"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the other backends run jit_compile above")
+def test_torch_compile_fit():
+    model = block_model()
+    model.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=True)
+    losses = fit(model, 1, True)
+    assert np.isfinite(losses).all()
+    assert all(state_of(layer)["step_count"] == STEPS_PER_EPOCH for layer in aion_layers(model))
