@@ -24,7 +24,7 @@ def energy(xp, t, acc_dtype=None):
     array([5., 4.])
     """
     acc_dtype = acc_dtype or accumulation_dtype(xp, t.dtype)
-    t = xp.astype(t, acc_dtype)
+    t = xp.astype(t, acc_dtype, copy=False)
     return xp.mean(t * t, axis=-1)
 
 

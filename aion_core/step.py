@@ -25,7 +25,8 @@ def _acc(xp, x, y, x_norm):
 
 def _alpha(xp, alpha0, beta, ratio):
     # Scalars are computed in the accumulation dtype (float32, or float64 for float64 inputs).
-    return compute_alpha(xp.astype(alpha0, ratio.dtype), xp.astype(beta, ratio.dtype), ratio)
+    return compute_alpha(xp.astype(alpha0, ratio.dtype, copy=False),
+                         xp.astype(beta, ratio.dtype, copy=False), ratio)
 
 
 def _residual(xp, x, y, alpha):
@@ -34,8 +35,10 @@ def _residual(xp, x, y, alpha):
     # so alpha's gradient, sum(dout * y), is not summed in 16 bits either.
     out_dtype = xp.result_type(x.dtype, y.dtype)
     if out_dtype == alpha.dtype or out_dtype == xp.float64:
-        return x + xp.astype(alpha, out_dtype) * y
-    return xp.astype(xp.astype(x, alpha.dtype) + alpha * xp.astype(y, alpha.dtype), out_dtype)
+        return x + xp.astype(alpha, out_dtype, copy=False) * y
+    acc = alpha.dtype
+    out = xp.astype(x, acc, copy=False) + alpha * xp.astype(y, acc, copy=False)
+    return xp.astype(out, out_dtype, copy=False)
 
 
 def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig, *,
@@ -71,8 +74,9 @@ def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig,
     state : AionState
         The new state (free of gradient when ``stop_gradient`` is given).
     stats : dict
-        0-d arrays: ``alpha``, ``ratio`` (this batch's mean ratio on update steps,
-        the stored ratio otherwise) and ``ratio_ema`` (after the call).
+        0-d arrays: ``alpha`` and ``ratio`` (this batch's mean ratio on update steps,
+        the stored ratio otherwise), both in the accumulation dtype whatever the step,
+        and ``ratio_ema`` (after the call, in the state's dtype).
     """
     xp = xp or array_namespace(x, y)
     check_inputs(xp, x, y, x_norm)
@@ -86,17 +90,17 @@ def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig,
         finite = xp.isfinite(r)
         # A non-finite ratio is replaced before any arithmetic, so neither the state
         # nor the gradient ever sees it: the step falls back to the stored ratio.
-        r_safe = xp.where(finite, r, xp.astype(ema, r.dtype))
+        r_safe = xp.where(finite, r, xp.astype(ema, r.dtype, copy=False))
         gamma = config.ema_gamma
-        ema_acc = xp.astype(ema, r.dtype)
+        ema_acc = xp.astype(ema, r.dtype, copy=False)
         r_s = r_safe if gamma == 1.0 else gamma * ema_acc + (1.0 - gamma) * r_safe
-        new_ema = xp.where(finite, xp.astype(sg(r_s), ema.dtype), ema)
-        nonfinite = nonfinite + xp.astype(xp.logical_not(finite), nonfinite.dtype)
+        new_ema = xp.where(finite, xp.astype(sg(r_s), ema.dtype, copy=False), ema)
+        nonfinite = nonfinite + xp.astype(xp.logical_not(finite), nonfinite.dtype, copy=False)
         ratio_stat = r
     else:
-        r_s = xp.astype(ema, _acc(xp, x, y, x_norm))
+        r_s = xp.astype(ema, _acc(xp, x, y, x_norm), copy=False)
         new_ema = ema
-        ratio_stat = ema
+        ratio_stat = r_s  # in the accumulation dtype, like the batch ratio of update steps
     alpha = _alpha(xp, alpha0, beta, r_s)
     out = _residual(xp, x, y, alpha)
     new_state = AionState(new_ema, state.step_count + 1, nonfinite)
@@ -114,6 +118,7 @@ def eval_step(x, y, alpha0, beta, state: AionState, *, x_norm=None, xp=None,
     xp = xp or array_namespace(x, y)
     check_inputs(xp, x, y, x_norm)
     ema = (stop_gradient or _identity)(state.ratio_ema)
-    alpha = _alpha(xp, alpha0, beta, xp.astype(ema, _acc(xp, x, y, x_norm)))
+    ratio = xp.astype(ema, _acc(xp, x, y, x_norm), copy=False)
+    alpha = _alpha(xp, alpha0, beta, ratio)
     out = _residual(xp, x, y, alpha)
-    return out, {"alpha": (stop_gradient or _identity)(alpha), "ratio": ema, "ratio_ema": ema}
+    return out, {"alpha": (stop_gradient or _identity)(alpha), "ratio": ratio, "ratio_ema": ema}

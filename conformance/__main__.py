@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from conformance import bench
 from conformance.drivers import DRIVERS
 from conformance.report import write_report
 from conformance.trajectory_report import RUNNERS, run_trajectories
@@ -65,9 +66,13 @@ def main(argv=None) -> int:
     p.add_argument("--driver", action="append", default=[], metavar="MODULE:CLASS",
                    help="an external driver to run as well (repeatable)")
     p.add_argument("--out", type=Path, default=Path("reports"), help="report folder")
+    p.add_argument("--no-bench", action="store_true", help="skip the throughput benchmark")
+    p.add_argument("--bench-steps", type=int, default=10, help="timed steps per variant (default 10)")
+    p.add_argument("--bench-widths", type=int, nargs="+", default=[64, 128, 512])
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # for the child processes
     if args.one:
         run_one(args.one, args.json)
         return 0
@@ -76,8 +81,16 @@ def main(argv=None) -> int:
     runs = run_all(specs, args.out)
     backends = [s for s in specs if s in RUNNERS]
     print(f"trajectories: {', '.join(backends) or 'none'} ...", flush=True)
-    traj_ok, traj_lines = run_trajectories(backends, args.out)
-    return 0 if write_report(runs, args.out, extra=traj_lines) and traj_ok else 1
+    traj_ok, extra = run_trajectories(backends, args.out)
+    bench_backends = [s for s in specs if s in bench.BACKENDS]
+    if not args.no_bench and bench_backends:
+        print(f"throughput: {', '.join(bench_backends)} ...", flush=True)
+        rows = bench.run_benchmarks(bench_backends, args.bench_widths, args.bench_steps, 3, 8, 128)
+        (args.out / "bench.json").write_text(json.dumps(rows, indent=1))
+        bench.plot(rows, args.out / "bench.png")
+        extra += ["", f"Throughput (B=8, T=128, 4 pre-norm FF blocks, AdamW; median of {args.bench_steps} "
+                  "interleaved steps; ratios against the plain residual of the same run)", "", *bench.table(rows)]
+    return 0 if write_report(runs, args.out, extra=extra) and traj_ok else 1
 
 
 if __name__ == "__main__":

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 from pathlib import Path
+
+
+def _gpu() -> str:
+    try:
+        import torch
+    except ImportError:
+        return "unknown (torch not installed)"
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
 
 
 def _summary(run: dict) -> dict:
@@ -60,7 +69,8 @@ def write_report(runs: list[dict], outdir: Path, extra: list[str] = ()) -> bool:
     versions = {k: v for run in runs for k, v in run.get("versions", {}).items()}
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [f"# AION conformance report ({now})", "",
-            f"Device: CPU ({platform.processor() or platform.machine()}), Python {platform.python_version()}",
+            f"Device: {platform.machine()} CPU, {os.cpu_count()} cores; GPU: {_gpu()}; "
+            f"Python {platform.python_version()}",
             "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), ""]
     tail = ([""] + ["Failures:"] + [f"- {f}" for f in failures] if failures else []) + [""] + list(extra)
     md = "\n".join(head + lines + tail) + "\n"

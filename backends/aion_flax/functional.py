@@ -81,14 +81,5 @@ def aion_apply(x, y, x_norm, alpha0, beta, state: core.AionState, config: core.A
     if config.k_update == 1:
         return step(update=True)
 
-    def branch(update):
-        def run(_):
-            out, new_state, stats = step(update=update)
-            # The "ratio" stat is the batch ratio (accumulation dtype) on update steps and
-            # the stored float32 ratio otherwise; both cond branches must agree on dtypes.
-            stats = dict(stats, ratio=stats["ratio"].astype(stats["alpha"].dtype))
-            return out, core.AionState(*new_state), stats
-        return run
-
     return jax.lax.cond(core.is_update_step(state.step_count, config.k_update),
-                        branch(True), branch(False), None)
+                        lambda: step(update=True), lambda: step(update=False))

@@ -6,7 +6,6 @@ import keras
 from keras import ops
 
 import aion_core
-from aion_core.math import accumulation_dtype
 from aion_keras import namespace as xp
 from aion_keras.distribution import replica_mean_or_none
 
@@ -115,16 +114,13 @@ class AionResidual(keras.layers.Layer):
 
         if config.k_update == 1:
             return step(True)
-        # The schedule depends on the step count, a tensor under jit: the device picks the
-        # branch. The ratio stats of the two differ in dtype (batch ratio in the
-        # accumulation dtype, stored ratio in float32), so both are cast to the former.
-        acc = accumulation_dtype(xp, *(t.dtype for t in (x, y, x_norm) if t is not None))
+        # The schedule depends on the step count, a tensor under jit: the device picks the branch.
         aion_core.check_inputs(xp, x, y, x_norm)  # raise once, outside the traced branches
 
         def branch(update):
             def run():
                 out, new_state, stats = step(update)
-                return out, tuple(new_state), {**stats, "ratio": xp.astype(stats["ratio"], acc)}
+                return out, tuple(new_state), stats
             return run
 
         update = aion_core.is_update_step(state.step_count, config.k_update)

@@ -22,7 +22,7 @@ def energy(t: torch.Tensor, dim: int = -1, keepdim: bool = True) -> torch.Tensor
 
 
 def compute_alpha(alpha0, beta, ratio_s):
-    """``alpha0 / (1 + beta * ratio_s)``.
+    """aion-torch's ``compute_alpha``: the adaptive scale, by :func:`aion_core.compute_alpha`.
 
     >>> compute_alpha(torch.tensor(0.1), torch.tensor(0.05), torch.tensor(2.0))
     tensor(0.0909)

@@ -15,7 +15,7 @@ def _detach(t: torch.Tensor) -> torch.Tensor:
 
 
 class AionResidual(nn.Module):
-    """Adaptive residual ``out = x + alpha * y`` with ``alpha = alpha0 / (1 + beta * r_s)``.
+    """Adaptive residual ``out = x + alpha * y``; alpha shrinks as the smoothed energy ratio grows.
 
     Parameters
     ----------
@@ -65,7 +65,9 @@ class AionResidual(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, x_norm: torch.Tensor | None = None,
                 return_stats: bool = False):
         """``x + alpha * y``; with ``return_stats`` also ``{"alpha", "ratio", "ratio_ema"}`` tensors."""
-        state = aion_core.AionState(self.ratio_ema, self.step_count, self.nonfinite_count)
+        # A clone: autograd may save the ratio (for beta's gradient), and a later training
+        # forward updates the buffer in place.
+        state = aion_core.AionState(self.ratio_ema.clone(), self.step_count, self.nonfinite_count)
         if self.training:
             out, new, stats = aion_core.train_step(
                 x, y, x_norm, self.alpha0, self.beta, state, self.config, xp=xp,

@@ -149,3 +149,15 @@ def test_energy_and_compute_alpha_helpers():
     torch.testing.assert_close(energy(t, dim=0, keepdim=False), t.float().square().mean(0))
     assert energy(t).shape == (3, 1)
     assert compute_alpha(0.1, 0.05, 2.0) == aion_core.compute_alpha(0.1, 0.05, 2.0)
+
+
+def test_backward_after_later_forwards_updated_the_state():
+    m = AionResidual(k_update=2)
+    x, y = torch.randn(2, 4), torch.randn(2, 4)
+    m.eval()
+    out_eval = m(x, y)
+    m.train()
+    out_hold = [m(x, y) for _ in range(2)][1]  # a hold step reads the stored ratio
+    m(x, y)  # an update step rewrites it in place
+    (out_eval.sum() + out_hold.sum()).backward()
+    assert torch.isfinite(m.beta.grad)

@@ -1,0 +1,192 @@
+"""The overhead benchmark model on every backend, as a ``step()`` closure per variant.
+
+4 pre-norm feed-forward blocks (LayerNorm, Linear(D, 4D), GELU, Linear(4D, D)) on a
+(B, T, D) batch, AdamW(lr 1e-3, betas 0.9/0.95, no weight decay), MSE to a random target.
+Variants: ``plain`` (``x + y``), ``aion`` (AionBlock, k_update=1), ``aion-k4`` (k_update=4).
+Each ``step()`` runs one training step and waits for it to finish on the device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCKS = 4
+
+
+def _data(batch, seq, width):
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((batch, seq, width)).astype("float32"),
+            rng.standard_normal((batch, seq, width)).astype("float32"))
+
+
+def _k(variant):
+    return 4 if variant == "aion-k4" else 1
+
+
+def torch_step(width: int, variant: str, batch: int, seq: int):
+    import torch
+
+    from aion_torch import AionBlock
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+
+    def ff():
+        return torch.nn.Sequential(torch.nn.Linear(width, 4 * width), torch.nn.GELU(),
+                                   torch.nn.Linear(4 * width, width))
+
+    class PlainBlock(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.layer = torch.nn.LayerNorm(width), ff()
+
+        def forward(self, x):
+            return x + self.layer(self.norm(x))
+
+    model = torch.nn.Sequential(*[PlainBlock() if variant == "plain" else
+                                  AionBlock(ff(), width, k_update=_k(variant)) for _ in range(BLOCKS)]).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
+    x, target = (torch.from_numpy(a).to(dev) for a in _data(batch, seq, width))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(x), target).backward()
+        opt.step()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+
+    return step, f"{dev} eager"
+
+
+def _keras_device(backend: str) -> str:
+    if backend == "jax":
+        import jax
+
+        return jax.devices()[0].platform
+    if backend == "torch":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    import tensorflow as tf
+
+    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+def keras_step(width: int, variant: str, batch: int, seq: int):
+    import keras
+
+    from aion_keras import AionBlock
+
+    keras.utils.set_random_seed(0)
+
+    def ff():
+        return keras.Sequential([keras.layers.Dense(4 * width, activation="gelu"), keras.layers.Dense(width)])
+
+    inp = keras.Input((seq, width))
+    h = inp
+    for _ in range(BLOCKS):
+        if variant == "plain":
+            h = keras.layers.Add()([h, ff()(keras.layers.LayerNormalization(epsilon=1e-5)(h))])
+        else:
+            h = AionBlock(ff(), width, k_update=_k(variant))(h)
+    model = keras.Model(inp, h)
+    # keras-torch: torch.compile takes minutes per model here, so it runs eagerly.
+    model.compile(keras.optimizers.AdamW(1e-3, beta_1=0.9, beta_2=0.95, weight_decay=0.0), "mse",
+                  jit_compile=keras.backend.backend() != "torch")
+    x, target = _data(batch, seq, width)
+
+    def step():
+        model.train_on_batch(x, target)  # returns the loss as a Python float: waits for the device
+
+    backend = keras.backend.backend()
+    return step, _keras_device(backend) + (" jit" if backend != "torch" else " eager")
+
+
+def flax_nnx_step(width: int, variant: str, batch: int, seq: int):
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    import aion_flax
+
+    def ff(rngs):
+        return nnx.Sequential(nnx.Linear(width, 4 * width, rngs=rngs), nnx.gelu,
+                              nnx.Linear(4 * width, width, rngs=rngs))
+
+    class PlainBlock(nnx.Module):
+        def __init__(self, rngs):
+            self.norm = nnx.LayerNorm(width, epsilon=1e-5, rngs=rngs)
+            self.layer = ff(rngs)
+
+        def __call__(self, x):
+            return x + self.layer(self.norm(x))
+
+    rngs = nnx.Rngs(0)
+    blocks = [PlainBlock(rngs) if variant == "plain" else
+              aion_flax.AionBlock(ff(rngs), width, k_update=_k(variant), rngs=rngs) for _ in range(BLOCKS)]
+    model = nnx.Sequential(*blocks)
+    opt = nnx.Optimizer(model, optax.adamw(1e-3, b1=0.9, b2=0.95, weight_decay=0.0), wrt=nnx.Param)
+    x, target = (jnp.asarray(a) for a in _data(batch, seq, width))
+
+    @nnx.jit
+    def train(model, opt):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - target) ** 2))(model)
+        opt.update(model, grads)
+        return loss
+
+    def step():
+        train(model, opt).block_until_ready()
+
+    return step, jax.devices()[0].platform + " jit"
+
+
+def flax_linen_step(width: int, variant: str, batch: int, seq: int):
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import aion_flax.linen as aion_linen
+
+    class FF(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(width)(nn.gelu(nn.Dense(4 * width)(x)))
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for _ in range(BLOCKS):
+                if variant == "plain":
+                    x = x + FF()(nn.LayerNorm(epsilon=1e-5)(x))
+                else:
+                    x = aion_linen.AionBlock(FF(parent=None), k_update=_k(variant))(x, deterministic=False)
+            return x
+
+    model = Net()
+    x, target = (jnp.asarray(a) for a in _data(batch, seq, width))
+    variables = model.init(jax.random.key(0), x)
+    params, stats = variables["params"], variables.get(aion_linen.STATS_COLLECTION, {})
+    tx = optax.adamw(1e-3, b1=0.9, b2=0.95, weight_decay=0.0)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def train(params, stats, opt_state):
+        def loss_fn(p):
+            out, upd = model.apply({"params": p, aion_linen.STATS_COLLECTION: stats}, x,
+                                   mutable=[aion_linen.STATS_COLLECTION])
+            return jnp.mean((out - target) ** 2), upd.get(aion_linen.STATS_COLLECTION, stats)
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), stats, opt_state, loss
+
+    carry = {"state": (params, stats, opt_state)}
+
+    def step():
+        *state, loss = train(*carry["state"])
+        carry["state"] = tuple(state)
+        loss.block_until_ready()
+
+    return step, jax.devices()[0].platform + " jit"
