@@ -31,15 +31,19 @@ BACKENDS = {
     "flax-linen": (bench_models.flax_linen_step, {}),
 }
 VARIANTS = ("plain", "aion", "aion-k4")
+ORIGINAL = "aion-torch-1.0.2"  # timed beside ours on torch when the oracle is installed
 
 
 def bench_one(backend: str, width: int, steps: int, warmup: int, batch: int, seq: int) -> dict:
     """Time the variants of one backend and width in this process."""
-    made = {v: BACKENDS[backend][0](width, v, batch, seq) for v in VARIANTS}
+    from conformance.oracle import load_oracle
+
+    variants = VARIANTS + ((ORIGINAL,) if backend == "torch" and load_oracle() is not None else ())
+    made = {v: BACKENDS[backend][0](width, v, batch, seq) for v in variants}
     device = made["plain"][1]
-    times = {v: [] for v in VARIANTS}
+    times = {v: [] for v in variants}
     for i in range(warmup + steps):
-        for v in VARIANTS:
+        for v in variants:
             t0 = time.perf_counter()
             made[v][0]()
             if i >= warmup:
@@ -47,7 +51,7 @@ def bench_one(backend: str, width: int, steps: int, warmup: int, batch: int, seq
         print(f"      {backend} D={width}: step {i + 1}/{warmup + steps}", file=sys.stderr, flush=True)
     med = {v: statistics.median(t) * 1e3 for v, t in times.items()}
     return {"backend": backend, "width": width, "device": device, "median_ms": med,
-            "overhead": {v: med[v] / med["plain"] for v in VARIANTS if v != "plain"}}
+            "overhead": {v: med[v] / med["plain"] for v in variants if v != "plain"}}
 
 
 def run_benchmarks(backends, widths, steps, warmup, batch, seq) -> list[dict]:
@@ -69,12 +73,13 @@ def run_benchmarks(backends, widths, steps, warmup, batch, seq) -> list[dict]:
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| backend | device | D | plain ms | aion ms | aion-k4 ms | aion / plain | aion-k4 / plain |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| backend | device | D | plain ms | aion ms | aion-k4 ms | aion / plain | aion-k4 / plain "
+             f"| {ORIGINAL} / plain |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m, o = r["median_ms"], r["overhead"]
+        orig = f"{o[ORIGINAL]:.3f}" if ORIGINAL in o else "-"
         lines.append(f"| {r['backend']} | {r['device']} | {r['width']} | {m['plain']:.2f} | {m['aion']:.2f} | "
-                     f"{m['aion-k4']:.2f} | {o['aion']:.3f} | {o['aion-k4']:.3f} |")
+                     f"{m['aion-k4']:.2f} | {o['aion']:.3f} | {o['aion-k4']:.3f} | {orig} |")
     return lines
 
 
@@ -85,11 +90,15 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 3.8))
-    for j, v in enumerate(VARIANTS[1:]):
-        ax.bar([i + 0.4 * j for i in range(len(rows))], [r["overhead"][v] for r in rows], 0.4, label=v)
+    shown = [v for v in (*VARIANTS[1:], ORIGINAL) if any(v in r["overhead"] for r in rows)]
+    width = 0.8 / len(shown)
+    for j, v in enumerate(shown):
+        ax.bar([i + width * j for i in range(len(rows))], [r["overhead"].get(v, 0.0) for r in rows], width, label=v)
     ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xticks([i + 0.2 for i in range(len(rows))], [f"{r['backend']}\nD={r['width']}" for r in rows],
-                  fontsize=7)
+    low = min(r["overhead"][v] for r in rows for v in shown if v in r["overhead"])
+    ax.set_ylim(bottom=min(0.9, low - 0.05))
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))],
+                  [f"{r['backend']}\nD={r['width']}" for r in rows], fontsize=7)
     ax.set_ylabel("step time / plain residual")
     ax.set_title("AION overhead per training step (median of interleaved steps)")
     ax.legend()

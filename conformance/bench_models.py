@@ -2,7 +2,8 @@
 
 4 pre-norm feed-forward blocks (LayerNorm, Linear(D, 4D), GELU, Linear(4D, D)) on a
 (B, T, D) batch, AdamW(lr 1e-3, betas 0.9/0.95, no weight decay), MSE to a random target.
-Variants: ``plain`` (``x + y``), ``aion`` (AionBlock, k_update=1), ``aion-k4`` (k_update=4).
+Variants: ``plain`` (``x + y``), ``aion`` (AionBlock, k_update=1), ``aion-k4`` (k_update=4),
+and on torch ``aion-torch-1.0.2`` (the original's AionBlock, when installed in .oracle/).
 Each ``step()`` runs one training step and waits for it to finish on the device.
 """
 
@@ -23,11 +24,18 @@ def _k(variant):
     return 4 if variant == "aion-k4" else 1
 
 
+def _aion_kwargs(variant):
+    return {} if variant == "aion-torch-1.0.2" else {"k_update": _k(variant)}
+
+
 def torch_step(width: int, variant: str, batch: int, seq: int):
     import torch
 
     from aion_torch import AionBlock
+    from conformance.oracle import load_oracle
 
+    if variant == "aion-torch-1.0.2":
+        AionBlock = load_oracle().AionBlock  # noqa: N806 - same constructor, the original's code
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
 
@@ -44,7 +52,7 @@ def torch_step(width: int, variant: str, batch: int, seq: int):
             return x + self.layer(self.norm(x))
 
     model = torch.nn.Sequential(*[PlainBlock() if variant == "plain" else
-                                  AionBlock(ff(), width, k_update=_k(variant)) for _ in range(BLOCKS)]).to(dev)
+                                  AionBlock(ff(), width, **_aion_kwargs(variant)) for _ in range(BLOCKS)]).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
     x, target = (torch.from_numpy(a).to(dev) for a in _data(batch, seq, width))
 
