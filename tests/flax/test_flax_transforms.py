@@ -64,7 +64,7 @@ def test_nnx_scan_matches_unrolled_loop():
     assert new_stats["aion"]["step_count"][...].tolist() == [1] * n
 
 
-def test_256_block_scan_compiles_in_seconds():
+def test_256_block_scan_compiles_to_one_loop():
     n, dim = 256, 64
     graphdef, params, stats = nnx.split(_nnx_stack(n, dim), nnx.Param, AionStat)
     step = jax.jit(jax.value_and_grad(_functional_loss(graphdef, _scan_blocks), has_aux=True))
@@ -73,9 +73,9 @@ def test_256_block_scan_compiles_in_seconds():
     seconds = time.perf_counter() - start
     print(f"256-block scanned AionBlock stack (dim {dim}), forward+backward: "
           f"trace+lower+compile {seconds:.2f} s")
-    # The stack is one loop body, not 256 unrolled copies, which is why it compiles fast.
+    # The stack is one loop body, not 256 unrolled copies, which is why it compiles in
+    # seconds (the time is printed, not asserted: speed lives in benchmarks).
     assert re.search(r"\bwhile\(", compiled.as_text())
-    assert seconds < 60.0
     (loss, new_stats), _ = compiled(params, stats, _x(8, dim))
     assert np.isfinite(float(loss)) and int(new_stats["aion"]["step_count"][...].sum()) == n
 
