@@ -23,17 +23,27 @@ def _ns(name):
         import torch
 
         return xp, lambda a: torch.from_numpy(np.asarray(a, np.float64))
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
     import jax.numpy as xp
 
     return xp, lambda a: xp.asarray(a, dtype=xp.float64)
 
 
+@pytest.fixture
+def jax_x64():
+    """float64 in jax for this test only (the flag is process-wide)."""
+    import jax
+
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", before)
+
+
 @pytest.mark.parametrize("name", NAMESPACES)
 @pytest.mark.parametrize("k_update,ema_gamma", [(1, 0.99), (2, 1.0), (3, 0.0)])
-def test_same_results_on_every_namespace(name, k_update, ema_gamma):
+def test_same_results_on_every_namespace(name, k_update, ema_gamma, request):
+    if name == "jax":
+        request.getfixturevalue("jax_x64")
     xp, arr = _ns(name)
     cfg = core.AionConfig(alpha0=0.2, beta=0.3, ema_gamma=ema_gamma, k_update=k_update)
     rng = np.random.default_rng(0)
