@@ -88,8 +88,9 @@ def main(argv=None) -> int:
         rows = bench.run_benchmarks(bench_backends, args.bench_widths, args.bench_steps, 3, 8, 128)
         (args.out / "bench.json").write_text(json.dumps(rows, indent=1))
         bench.plot(rows, args.out / "bench.png")
-        extra += ["", f"Throughput (B=8, T=128, 4 pre-norm FF blocks, AdamW; median of {args.bench_steps} "
-                  "interleaved steps; ratios against the plain residual of the same run)", "", *bench.table(rows)]
+        extra += ["", f"Throughput (B=8, T=128, 4 pre-norm FF blocks, AdamW; {args.bench_steps} interleaved "
+                  "rounds; ratio: median of the per-round ratios to the plain residual ± half their IQR)",
+                  "", *bench.table(rows)]
     return 0 if write_report(runs, args.out, extra=extra) and traj_ok else 1
 
 

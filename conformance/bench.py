@@ -50,8 +50,17 @@ def bench_one(backend: str, width: int, steps: int, warmup: int, batch: int, seq
                 times[v].append(time.perf_counter() - t0)
         print(f"      {backend} D={width}: step {i + 1}/{warmup + steps}", file=sys.stderr, flush=True)
     med = {v: statistics.median(t) * 1e3 for v, t in times.items()}
+    # Overhead: median over rounds of the paired ratio (same round, back to back), so drift
+    # of the machine cancels; the spread is half the interquartile range of those ratios.
+    paired = {v: [a / b for a, b in zip(times[v], times["plain"])] for v in variants if v != "plain"}
     return {"backend": backend, "width": width, "device": device, "median_ms": med,
-            "overhead": {v: med[v] / med["plain"] for v in variants if v != "plain"}}
+            "overhead": {v: statistics.median(r) for v, r in paired.items()},
+            "spread": {v: _half_iqr(r) for v, r in paired.items()}}
+
+
+def _half_iqr(values: list[float]) -> float:
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return (q3 - q1) / 2
 
 
 def run_benchmarks(backends, widths, steps, warmup, batch, seq) -> list[dict]:
@@ -59,7 +68,7 @@ def run_benchmarks(backends, widths, steps, warmup, batch, seq) -> list[dict]:
     for i, backend in enumerate(backends, 1):
         for width in widths:
             print(f"  bench [{i}/{len(backends)}] {backend} D={width}: {warmup} warm-up + {steps} timed "
-                  f"steps x {len(VARIANTS)} variants", flush=True)
+                  "steps per variant", flush=True)
             env = dict(os.environ, **BACKENDS[backend][1])
             proc = subprocess.run([sys.executable, "-m", "conformance.bench", "--one", backend,
                                    "--widths", str(width), "--steps", str(steps), "--warmup", str(warmup),
@@ -76,10 +85,13 @@ def table(rows: list[dict]) -> list[str]:
     lines = ["| backend | device | D | plain ms | aion ms | aion-k4 ms | aion / plain | aion-k4 / plain "
              f"| {ORIGINAL} / plain |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        m, o = r["median_ms"], r["overhead"]
-        orig = f"{o[ORIGINAL]:.3f}" if ORIGINAL in o else "-"
+        m = r["median_ms"]
+
+        def ratio(v):
+            return f"{r['overhead'][v]:.3f} ± {r['spread'][v]:.3f}" if v in r["overhead"] else "-"
+
         lines.append(f"| {r['backend']} | {r['device']} | {r['width']} | {m['plain']:.2f} | {m['aion']:.2f} | "
-                     f"{m['aion-k4']:.2f} | {o['aion']:.3f} | {o['aion-k4']:.3f} | {orig} |")
+                     f"{m['aion-k4']:.2f} | {ratio('aion')} | {ratio('aion-k4')} | {ratio(ORIGINAL)} |")
     return lines
 
 
@@ -93,14 +105,15 @@ def plot(rows: list[dict], path: Path) -> None:
     shown = [v for v in (*VARIANTS[1:], ORIGINAL) if any(v in r["overhead"] for r in rows)]
     width = 0.8 / len(shown)
     for j, v in enumerate(shown):
-        ax.bar([i + width * j for i in range(len(rows))], [r["overhead"].get(v, 0.0) for r in rows], width, label=v)
+        ax.bar([i + width * j for i in range(len(rows))], [r["overhead"].get(v, 0.0) for r in rows], width,
+               yerr=[r.get("spread", {}).get(v, 0.0) for r in rows], capsize=2, label=v)
     ax.axhline(1.0, color="k", lw=0.8)
     low = min(r["overhead"][v] for r in rows for v in shown if v in r["overhead"])
     ax.set_ylim(bottom=min(0.9, low - 0.05))
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))],
                   [f"{r['backend']}\nD={r['width']}" for r in rows], fontsize=7)
     ax.set_ylabel("step time / plain residual")
-    ax.set_title("AION overhead per training step (median of interleaved steps)")
+    ax.set_title("AION overhead per training step (median paired ratio, bars: half IQR)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
