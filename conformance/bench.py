@@ -113,7 +113,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))],
                   [f"{r['backend']}\nD={r['width']}" for r in rows], fontsize=7)
     ax.set_ylabel("step time / plain residual")
-    ax.set_title("AION overhead per training step (median paired ratio, bars: half IQR)")
+    ax.set_title("AION overhead per training step (bars: ± half IQR)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
