@@ -34,8 +34,7 @@ def torch_step(width: int, variant: str, batch: int, seq: int):
     from aion_torch import AionBlock
     from conformance.oracle import load_oracle
 
-    if variant == "aion-torch-1.0.2":
-        AionBlock = load_oracle().AionBlock  # noqa: N806 - same constructor, the original's code
+    block_cls = load_oracle().AionBlock if variant == "aion-torch-1.0.2" else AionBlock
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
 
@@ -52,7 +51,7 @@ def torch_step(width: int, variant: str, batch: int, seq: int):
             return x + self.layer(self.norm(x))
 
     model = torch.nn.Sequential(*[PlainBlock() if variant == "plain" else
-                                  AionBlock(ff(), width, **_aion_kwargs(variant)) for _ in range(BLOCKS)]).to(dev)
+                                  block_cls(ff(), width, **_aion_kwargs(variant)) for _ in range(BLOCKS)]).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
     x, target = (torch.from_numpy(a).to(dev) for a in _data(batch, seq, width))
 

@@ -9,7 +9,6 @@ autodiff (``tf.GradientTape``, ``jax.value_and_grad`` over ``Model.stateless_cal
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import ops
 
 from aion_keras import AionResidual

@@ -4,7 +4,6 @@ Each rank holds half the batch; the state, outputs and (DDP-averaged) gradients 
 equal those of one process holding the whole batch.
 """
 
-import os
 import socket
 
 import pytest
