@@ -21,9 +21,9 @@ def tests(session):
 
 @nox.session(venv_backend="none")
 def conformance(session):
-    session.run(sys.executable, "-m", "conformance", *session.posargs)
+    session.run(sys.executable, "-m", "aion_conformance", *session.posargs)
 
 
 @nox.session(venv_backend="none")
 def bench(session):
-    session.run(sys.executable, "-m", "conformance.bench", *session.posargs)
+    session.run(sys.executable, "-m", "aion_conformance.bench", *session.posargs)

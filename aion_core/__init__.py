@@ -18,6 +18,7 @@ adapter hands in a ``keras.ops``-backed one).
 
 from aion_core.config import AionConfig
 from aion_core.errors import check_inputs
+from aion_core import portable
 from aion_core.math import batch_ratio, compute_alpha, energy
 from aion_core.state import STATE_SPEC, AionState, initial_state
 from aion_core.step import eval_step, is_update_step, train_step
@@ -33,5 +34,6 @@ __all__ = [
     "eval_step",
     "initial_state",
     "is_update_step",
+    "portable",
     "train_step",
 ]

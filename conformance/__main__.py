@@ -1,97 +1,97 @@
-"""``python -m conformance``: run drivers, print the table, write the report.
+"""``python -m aion_conformance``: run drivers, print the table, write the report.
 
-    python -m conformance                      # every built-in driver, each in its own process
-    python -m conformance --only torch numpy   # some of them
-    python -m conformance --driver pkg.mod:Cls # an external implementation too
-    python -m conformance --one NAME_OR_SPEC --json out.json   # (internal) one driver, here
+    python -m aion_conformance                       # every built-in backend
+    python -m aion_conformance --only torch numpy    # some of them
+    python -m aion_conformance --driver pkg.mod:Cls  # an outside implementation too
+    python -m aion_conformance --only mine --driver pkg.mod:Cls   # the outside one alone
 
-Exits non-zero when any check fails.
+Each driver runs in its own process. Exits 1 when any check fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
-import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
-from conformance import bench
-from conformance.drivers import DRIVERS
-from conformance.report import write_report
-from conformance.trajectory_report import RUNNERS, run_trajectories
+from aion_conformance import registry
+from aion_conformance.report import write_report
 
 
-def load_driver(spec: str):
-    target = DRIVERS[spec][0] if spec in DRIVERS else spec
-    module, _, cls = target.partition(":")
-    if not cls:
-        raise SystemExit(f"--driver wants 'package.module:Class', got {spec!r}")
-    return getattr(importlib.import_module(module), cls)()
+def _select(only: list[str] | None, outside: list[str]) -> list[tuple[str, str | None]]:
+    """``(spec, backend)`` pairs to run: registry names, then outside ``module:Class`` specs.
+
+    ``--only`` names built-in backends and outside drivers alike (an outside driver by
+    its ``name``, read by loading it here). One that fails to load runs regardless, so that
+    its failure is reported.
+    """
+    named = {spec: _name(spec) for spec in outside}
+    known = list(registry.BACKENDS) + [name for name in named.values() if name]
+    unknown = sorted(set(only or ()) - set(known))
+    if unknown:
+        raise ValueError(f"--only: unknown driver {', '.join(unknown)}; known: {', '.join(known)}")
+    keep = set(only) if only else set(known)
+    return ([(name, name) for name in registry.BACKENDS if name in keep]
+            + [(spec, None) for spec, name in named.items() if name in keep or name is None])
 
 
-def run_one(spec: str, out: Path) -> None:
-    from conformance.runner import run_driver
-
-    driver = load_driver(spec)
-    results = run_driver(driver)
-    out.write_text(json.dumps({"driver": driver.name, "versions": driver.versions(),
-                               "results": [asdict(r) for r in results]}))
+def _name(spec: str) -> str | None:
+    try:
+        return registry.load_driver(spec).name
+    except Exception:  # noqa: BLE001 - reported when it is run, as a crash with its traceback
+        return None
 
 
-def run_all(specs: list[str], outdir: Path) -> list[dict]:
+def run_all(selected: list[tuple[str, str | None]]) -> list[dict]:
     runs = []
-    for i, spec in enumerate(specs, 1):
-        env = dict(os.environ, **(DRIVERS[spec][1] if spec in DRIVERS else {}))
-        out = outdir / f"driver-{i}.json"
-        print(f"[{i}/{len(specs)}] {spec} ...", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "conformance", "--one", spec, "--json", str(out)],
-                              env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
-            runs.append({"driver": spec, "versions": {}, "crashed": "\n".join(tail), "results": []})
-            print(f"    {spec} crashed:\n      " + "\n      ".join(tail), flush=True)
-            continue
-        runs.append(json.loads(out.read_text()))
+    for i, (spec, backend) in enumerate(selected, 1):
+        print(f"[{i}/{len(selected)}] {spec} ...", flush=True)
+        try:
+            runs.append(registry.call("aion_conformance.runner:run_spec", spec, backend=backend))
+        except registry.BackendError as e:
+            print(f"    {spec} crashed:\n      " + str(e).replace("\n", "\n      "), flush=True)
+            runs.append({"driver": spec, "versions": {}, "crashed": str(e), "results": []})
     return runs
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m conformance", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m aion_conformance", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="+", choices=sorted(DRIVERS), help="built-in drivers to run")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="drivers to run, by name (built-in or outside)")
     p.add_argument("--driver", action="append", default=[], metavar="MODULE:CLASS",
-                   help="an external driver to run as well (repeatable)")
+                   help="an outside driver to run as well (repeatable)")
     p.add_argument("--out", type=Path, default=Path("reports"), help="report folder")
     p.add_argument("--no-bench", action="store_true", help="skip the throughput benchmark")
     p.add_argument("--bench-steps", type=int, default=10, help="timed steps per variant (default 10)")
     p.add_argument("--bench-widths", type=int, nargs="+", default=[64, 128, 512])
-    p.add_argument("--one", help=argparse.SUPPRESS)
-    p.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # for the child processes
-    if args.one:
-        run_one(args.one, args.json)
-        return 0
-    specs = (args.only or list(DRIVERS)) + args.driver
+    try:
+        selected = _select(args.only, args.driver)
+    except ValueError as e:
+        p.error(str(e))
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = run_all(specs, args.out)
-    backends = [s for s in specs if s in RUNNERS]
-    print(f"trajectories: {', '.join(backends) or 'none'} ...", flush=True)
-    traj_ok, extra = run_trajectories(backends, args.out)
-    bench_backends = [s for s in specs if s in bench.BACKENDS]
-    if not args.no_bench and bench_backends:
-        print(f"throughput: {', '.join(bench_backends)} ...", flush=True)
-        rows = bench.run_benchmarks(bench_backends, args.bench_widths, args.bench_steps, 3, 8, 128)
+    runs = run_all(selected)
+    extra, ok = [], True
+    names = [backend for _, backend in selected if backend]
+    with_trajectory = [b for b in names if registry.BACKENDS[b].trajectory]
+    if with_trajectory:
+        from aion_conformance.trajectory.parity import run_trajectories
+
+        print(f"trajectories: {', '.join(with_trajectory)} ...", flush=True)
+        ok, extra = run_trajectories(with_trajectory, args.out)
+    with_bench = [b for b in names if registry.BACKENDS[b].bench]
+    if not args.no_bench and with_bench:
+        from aion_conformance.bench import timing
+
+        print(f"throughput: {', '.join(with_bench)} ...", flush=True)
+        rows = timing.run_benchmarks(with_bench, args.bench_widths, args.bench_steps, 3, 8, 128)
         (args.out / "bench.json").write_text(json.dumps(rows, indent=1))
-        bench.plot(rows, args.out / "bench.png")
+        timing.plot(rows, args.out / "bench.png")
         extra += ["", f"Throughput (B=8, T=128, 4 pre-norm FF blocks, AdamW; {args.bench_steps} interleaved "
                   "rounds; ratio: median of the per-round ratios to the plain residual ± half their IQR)",
-                  "", *bench.table(rows)]
-    return 0 if write_report(runs, args.out, extra=extra) and traj_ok else 1
+                  "", *timing.table(rows)]
+    return 0 if write_report(runs, args.out, extra=extra) and ok else 1
 
 
 if __name__ == "__main__":

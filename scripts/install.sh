@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install the pinned test environment, the project (editable)
-# and the aion-torch 1.0.2 oracle (into .oracle/, apart: it shares our import name).
+# Create .venv (once) and install the pinned test environment, this project (editable)
+# and aion-torch 1.0.2, the original, beside it (import name aion_torch; ours is aion_pytorch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements/test.txt
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
-[ -f .oracle/aion_torch/__init__.py ] || \
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --target .oracle -r requirements/oracle.txt
+# --no-deps: its own torch requirement must not move the pinned torch.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements/original.txt
 echo "environment ready: .venv ($(.venv/bin/python --version))"

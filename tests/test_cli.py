@@ -1,22 +1,22 @@
-"""`python -m conformance` end to end: the report, and an external driver that is wrong."""
+"""`python -m aion_conformance` end to end: outside drivers, selection, exit codes, the report."""
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
+
+from aion_conformance import original, registry
+from aion_conformance.report import write_report
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _run(tmp_path, *args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "conformance", "--out", str(tmp_path), *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+    env = {"PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")])}
+    return registry.spawn(["-m", "aion_conformance", "--out", str(tmp_path), *args], env=env, timeout=300)
 
 
-def test_wrong_external_driver_is_caught_readably(tmp_path):
-    proc = _run(tmp_path, "--only", "numpy", "--driver", "wrong_driver:WrongDriver")
+def test_wrong_outside_driver_is_caught_readably(tmp_path):
+    proc = _run(tmp_path, "--only", "numpy", "wrong-external", "--driver", "wrong_driver:WrongDriver")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "wrong-external" in proc.stdout and "FAIL" in proc.stdout
     assert "out: max abs error" in proc.stdout  # says which quantity and by how much
@@ -25,6 +25,28 @@ def test_wrong_external_driver_is_caught_readably(tmp_path):
     assert "numpy" in report["versions"] and (tmp_path / "conformance.md").read_text().startswith("# AION")
 
 
+def test_outside_driver_runs_alone_by_its_name(tmp_path):
+    proc = _run(tmp_path, "--only", "wrong-external", "--driver", "wrong_driver:WrongDriver")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "conformance.json").read_text())
+    assert [r["driver"] for r in report["runs"]] == ["wrong-external"]
+    assert "trajectories" not in proc.stdout and "throughput" not in proc.stdout
+
+
+def test_unknown_name_in_only_is_refused(tmp_path):
+    proc = _run(tmp_path, "--only", "no-such-driver")
+    assert proc.returncode == 2 and "unknown driver no-such-driver" in proc.stderr
+
+
 def test_bad_driver_spec_is_reported(tmp_path):
     proc = _run(tmp_path, "--only", "numpy", "--driver", "no_such_module:Driver")
-    assert proc.returncode == 1 and "crashed" in proc.stdout
+    assert proc.returncode == 1 and "crashed" in proc.stdout and "no_such_module" in proc.stdout
+
+
+def test_a_skipped_comparison_reads_skipped_never_a_number(tmp_path):
+    skipped = {"driver": "torch", "check": original.CHECK, "case": "c", "dtype": "float32", "status": "skip",
+               "max_abs": 0.0, "max_rel": 0.0, "messages": [original.MISSING]}
+    assert write_report([{"driver": "torch", "versions": {}, "results": [skipped]}], tmp_path)
+    row = next(line for line in (tmp_path / "conformance.md").read_text().splitlines()
+               if line.startswith("| torch"))
+    assert f"vs {original.CHECK}: skipped" in row and "0.0e+00" not in row

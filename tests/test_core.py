@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import aion_core as core
-from conformance.reference import reference_call
+from aion_conformance.spec.reference import reference_call
 
 NAMESPACES = ["numpy", "array_api_strict", "torch", "jax"]
 

@@ -2,9 +2,10 @@
 
 import numpy as np
 
-from conformance.drivers.numpy_reference import NumpyDriver
-from conformance.runner import compare, run_driver, run_vector
-from conformance.vectors import VECTOR_DIR, load_all, render_all
+from aion_conformance.drivers.reference_driver import ReferenceDriver
+from aion_conformance.runner import run_driver, run_vector
+from aion_conformance.spec.golden import VECTOR_DIR, load_all, render_all
+from aion_conformance.spec.tolerance import compare
 
 
 def test_committed_vectors_match_generator():
@@ -12,7 +13,7 @@ def test_committed_vectors_match_generator():
     committed = {p.name: p.read_text() for p in VECTOR_DIR.glob("*.json")}
     assert sorted(committed) == sorted(rendered)
     stale = [name for name, text in rendered.items() if committed[name] != text]
-    assert not stale, f"regenerate with `python -m conformance.vectors`: {stale}"
+    assert not stale, f"regenerate with `python -m aion_conformance.spec.golden`: {stale}"
 
 
 def test_vectors_cover_the_required_cases():
@@ -27,11 +28,11 @@ def test_vectors_cover_the_required_cases():
 
 
 def test_reference_driver_passes_everything():
-    results = run_driver(NumpyDriver())
+    results = run_driver(ReferenceDriver())
     assert results and all(r.status == "pass" for r in results), [r for r in results if r.status != "pass"]
 
 
-class _OffByOne(NumpyDriver):
+class _OffByOne(ReferenceDriver):
     name = "wrong"
 
     def call(self, *args, **kwargs):

@@ -1,11 +1,10 @@
 """The portable AION checkpoint: a flat dict of 0-d numpy arrays, saved as ``.npz``.
 
-Keys are ``"<path>.<name>"`` where ``<path>`` is the dotted location of an
-``AionResidual`` in the model (``"blocks.0.aion"``) and ``<name>`` one of
-``alpha0``, ``beta`` (float32) and the :data:`aion_core.STATE_SPEC` fields
-``ratio_ema`` (float32), ``step_count``, ``nonfinite_count`` (int32). A stacked
-(``nnx.vmap`` / ``nn.scan``) layer stores one entry per layer: ``"<path>.<i>.<name>"``.
-Any framework can read and write it with numpy alone.
+The layout is :mod:`aion_core.portable`'s: keys ``"<path>.<name>"`` where ``<path>`` is
+the dotted location of an ``AionResidual`` in the model (``"blocks.0.aion"``) and
+``<name>`` one of :data:`aion_core.portable.ENTRY_DTYPES`. A stacked (``nnx.vmap`` /
+``nn.scan``) layer stores one entry per layer: ``"<path>.<i>.<name>"``. Any framework
+can read and write it with numpy alone.
 """
 
 from __future__ import annotations
@@ -17,32 +16,27 @@ import numpy as np
 from flax import nnx
 
 import aion_core as core
+from aion_core.portable import ENTRY_DTYPES, PARAM_NAMES, entry, load_npz, save_npz
 from aion_flax.linen import STATS_COLLECTION
 from aion_flax.nnx import AionResidual
 
-#: Entry name -> numpy dtype of the portable format.
-PORTABLE_DTYPES = {"alpha0": np.float32, "beta": np.float32,
-                   **{name: np.dtype(spec[0]).type for name, spec in core.STATE_SPEC.items()}}
-_PARAMS = ("alpha0", "beta")
+__all__ = ["linen_from_portable", "load_npz", "nnx_from_portable", "save_npz", "to_portable"]
 
 
 def _explode(prefix: tuple, name: str, value, out: dict) -> None:
     # One 0-d entry per layer of a stacked array; a plain layer has a 0-d value already.
-    value = np.asarray(value).astype(PORTABLE_DTYPES[name])
+    value = np.asarray(value).astype(ENTRY_DTYPES[name])
     for index in np.ndindex(value.shape):
         out[".".join(str(p) for p in (*prefix, *index, name))] = np.asarray(value[index])
 
 
 def _gather(prefix: tuple, name: str, shape: tuple, flat: Mapping, used: set) -> np.ndarray:
-    value = np.empty(shape, PORTABLE_DTYPES[name])
+    value = np.empty(shape, ENTRY_DTYPES[name])
     for index in np.ndindex(shape):
         key = ".".join(str(p) for p in (*prefix, *index, name))
         if key not in flat:
             raise KeyError(f"checkpoint has no entry {key!r}")
-        entry = np.asarray(flat[key])
-        if entry.shape != ():
-            raise ValueError(f"checkpoint entry {key!r} must be 0-d, got shape {entry.shape}")
-        value[index] = entry
+        value[index] = entry(name, flat[key], key=key)
         used.add(key)
     return value
 
@@ -94,13 +88,13 @@ def to_portable(model_or_variables) -> dict[str, np.ndarray]:
     flat: dict[str, np.ndarray] = {}
     if isinstance(model_or_variables, nnx.Module):
         for path, layer in _nnx_layers(model_or_variables):
-            for name in PORTABLE_DTYPES:
+            for name in ENTRY_DTYPES:
                 _explode(path, name, getattr(layer, name)[...], flat)
         return flat
     stats, params = model_or_variables[STATS_COLLECTION], model_or_variables["params"]
     for path in _linen_layers(stats):
-        for name in PORTABLE_DTYPES:
-            _explode(path, name, _at(params if name in _PARAMS else stats, path)[name], flat)
+        for name in ENTRY_DTYPES:
+            _explode(path, name, _at(params if name in PARAM_NAMES else stats, path)[name], flat)
     return flat
 
 
@@ -116,7 +110,7 @@ def nnx_from_portable(model, flat: Mapping) -> None:
     """
     used: set = set()
     for path, layer in _nnx_layers(model):
-        for name in PORTABLE_DTYPES:
+        for name in ENTRY_DTYPES:
             variable = getattr(layer, name)
             value = _gather(path, name, tuple(variable[...].shape), flat, used)
             variable[...] = jnp.asarray(value)
@@ -134,8 +128,8 @@ def linen_from_portable(variables: Mapping, flat: Mapping) -> dict:
     new = {col: _copy(tree) for col, tree in variables.items()}
     used: set = set()
     for path in list(_linen_layers(new[STATS_COLLECTION])):
-        for name in PORTABLE_DTYPES:
-            holder = _at(new["params"] if name in _PARAMS else new[STATS_COLLECTION], path)
+        for name in ENTRY_DTYPES:
+            holder = _at(new["params"] if name in PARAM_NAMES else new[STATS_COLLECTION], path)
             holder[name] = jnp.asarray(_gather(path, name, tuple(np.shape(holder[name])), flat, used))
     _check_all_used(flat, used)
     return new
@@ -143,14 +137,3 @@ def linen_from_portable(variables: Mapping, flat: Mapping) -> dict:
 
 def _copy(tree):
     return {k: _copy(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree
-
-
-def save_npz(path, flat: Mapping) -> None:
-    """Save a portable dict with :func:`numpy.savez` (keys kept as written)."""
-    np.savez(path, **{key: np.asarray(value) for key, value in flat.items()})
-
-
-def load_npz(path) -> dict[str, np.ndarray]:
-    """Load a portable dict saved by :func:`save_npz` (or by any other framework)."""
-    with np.load(path) as archive:
-        return {key: archive[key] for key in archive.files}

@@ -10,9 +10,14 @@ import array_api_strict as xp
 import numpy as np
 
 import aion_core as core
+from aion_conformance.drivers.base import BuiltinDriver, driver_result
 
 
-class ArrayApiStrictDriver:
+def _to_numpy(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+class ArrayApiStrictDriver(BuiltinDriver):
     name = "array-api-strict"
     dtypes = ("float64", "float32")
     has_grads = False
@@ -29,26 +34,18 @@ class ArrayApiStrictDriver:
         layer["beta"] = xp.asarray(beta, dtype=xp.float32)
 
     def set_state(self, layer, state):
-        layer["state"] = core.AionState(xp.asarray(state["ratio_ema"], dtype=xp.float32),
-                                        xp.asarray(int(state["step_count"]), dtype=xp.int32),
-                                        xp.asarray(int(state["nonfinite_count"]), dtype=xp.int32))
+        layer["state"] = core.portable.state_from_dict(state, xp)
 
     def get_state(self, layer):
-        s = layer["state"]
-        return {"ratio_ema": float(s.ratio_ema), "step_count": int(s.step_count),
-                "nonfinite_count": int(s.nonfinite_count)}
+        return {k: v.item() for k, v in core.portable.state_to_dict(layer["state"]).items()}
 
     def call(self, layer, mode, x, y, x_norm, cotangent, dtype):
-        dt = getattr(xp, dtype)
-
-        def arr(a):
-            return None if a is None else xp.asarray(np.asarray(a), dtype=dt)
-
-        tx, ty, tn = arr(x), arr(y), arr(x_norm)
+        tx, ty, tn = (None if a is None else xp.asarray(np.asarray(a), dtype=getattr(xp, dtype))
+                      for a in (x, y, x_norm))
         if mode == "train":
             update = bool(core.is_update_step(int(layer["state"].step_count), layer["config"].k_update))
             out, layer["state"], stats = core.train_step(tx, ty, tn, layer["alpha0"], layer["beta"],
                                                          layer["state"], layer["config"], xp=xp, update=update)
         else:
             out, stats = core.eval_step(tx, ty, layer["alpha0"], layer["beta"], layer["state"], x_norm=tn, xp=xp)
-        return {"out": np.asarray(out, dtype=np.float64), "stats": {k: float(v) for k, v in stats.items()}}
+        return driver_result(_to_numpy, out, stats)

@@ -1,60 +1,43 @@
 """Drivers for the Flax adapters: ``NnxDriver`` ("flax-nnx") and ``LinenDriver`` ("flax-linen").
 
-Both run each call under ``jax.jit`` and take gradients with ``jax.vjp`` (the gradient of
-``sum(out * cotangent)`` is the VJP with that cotangent). float64 cases need 64-bit jax,
-which the drivers switch on for their process when built.
+Both run each call under ``jax.jit``. float64 cases need 64-bit jax, which the drivers
+switch on for their process when built.
 """
 
 from __future__ import annotations
 
-import flax
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+import aion_core as core
 import aion_flax
 import aion_flax.linen as aion_linen
-from conformance.driver import as_f64
-
-_DTYPES = {"float64": jnp.float64, "float32": jnp.float32, "float16": jnp.float16,
-           "bfloat16": jnp.bfloat16, "int32": jnp.int32}
-_STATE_DTYPES = {"ratio_ema": jnp.float32, "step_count": jnp.int32, "nonfinite_count": jnp.int32}
+from aion_conformance.drivers.base import BuiltinDriver, driver_result, loss_dtype
+from aion_conformance.frameworks import jax as fw
 
 
-def _inputs(dtype, *arrays):
-    return [None if a is None else jnp.asarray(a, _DTYPES[dtype]) for a in arrays]
-
-
-def _result(out, stats, grads):
-    result = {"out": as_f64(out), "stats": {k: float(v) for k, v in stats.items()}}
-    if grads is not None:
-        result["grads"] = {k: as_f64(v) for k, v in grads.items() if v is not None}
-    return result
-
-
-def _run(forward, params, x, y, x_norm, cotangent):
-    """``forward(params, x, y, x_norm) -> (out, aux)`` jitted, with its VJP when asked."""
+def _run(forward, params, inputs, cotangent, dtype):
+    """``forward(params, x, y, x_norm) -> (out, aux)`` jitted, with gradients when asked."""
     if cotangent is None:
-        out, aux = jax.jit(forward)(params, x, y, x_norm)
+        out, aux = jax.jit(forward)(params, *inputs)
         return out, aux, None
 
-    @jax.jit
-    def with_grads(params, x, y, x_norm, cotangent):
-        out, vjp, aux = jax.vjp(forward, params, x, y, x_norm, has_aux=True)
-        g_params, g_x, g_y, g_xn = vjp(cotangent.astype(out.dtype))
-        return out, aux, {"x": g_x, "y": g_y, "x_norm": g_xn, **g_params}
+    def loss(params, x, y, x_norm, cotangent):
+        out, aux = forward(params, x, y, x_norm)
+        return jnp.sum(out.astype(cotangent.dtype) * cotangent), (out, aux)
 
-    return with_grads(params, x, y, x_norm, jnp.asarray(cotangent))
+    cot = fw.from_numpy(cotangent, loss_dtype(dtype))
+    _, (out, aux), g_params, (gx, gy, gxn) = fw.value_and_grad(loss)(params, inputs, [cot])
+    return out, aux, {"x": gx, "y": gy, "x_norm": gxn, "alpha0": g_params["alpha0"], "beta": g_params["beta"]}
 
 
-class _FlaxDriver:
-    dtypes = ("float64", "float32", "float16", "bfloat16")
-
+class _FlaxDriver(BuiltinDriver):
     def __init__(self):
         jax.config.update("jax_enable_x64", True)
 
     def versions(self):
-        return {"jax": jax.__version__, "flax": flax.__version__}
+        return fw.versions()
 
 
 class NnxDriver(_FlaxDriver):
@@ -70,15 +53,14 @@ class NnxDriver(_FlaxDriver):
         layer.beta[...] = jnp.asarray(beta, jnp.float32)
 
     def set_state(self, layer, state):
-        for name, dtype in _STATE_DTYPES.items():
-            getattr(layer, name)[...] = jnp.asarray(state[name], dtype)
+        for name, value in core.portable.state_entries(state).items():
+            getattr(layer, name)[...] = jnp.asarray(value)
 
     def get_state(self, layer):
-        return {"ratio_ema": float(layer.ratio_ema[...]), "step_count": int(layer.step_count[...]),
-                "nonfinite_count": int(layer.nonfinite_count[...])}
+        return {name: getattr(layer, name)[...].item() for name in core.STATE_SPEC}
 
     def call(self, layer, mode, x, y, x_norm, cotangent, dtype):
-        x, y, x_norm = _inputs(dtype, x, y, x_norm)
+        inputs = [fw.from_numpy(a, dtype) for a in (x, y, x_norm)]
         graphdef, params, stats = nnx.split(layer, nnx.Param, aion_flax.AionStat)
 
         def forward(params, x, y, x_norm):
@@ -86,9 +68,9 @@ class NnxDriver(_FlaxDriver):
             out, step_stats = model(x, y, x_norm, deterministic=mode == "eval", return_stats=True)
             return out, (step_stats, nnx.state(model, aion_flax.AionStat))
 
-        out, (step_stats, new_stats), grads = _run(forward, params, x, y, x_norm, cotangent)
+        out, (step_stats, new_stats), grads = _run(forward, params, inputs, cotangent, dtype)
         nnx.update(layer, new_stats)
-        return _result(out, step_stats, grads)
+        return driver_result(fw.to_numpy, out, step_stats, grads)
 
 
 class LinenDriver(_FlaxDriver):
@@ -107,16 +89,15 @@ class LinenDriver(_FlaxDriver):
 
     def set_state(self, layer, state):
         layer[1] = {**layer[1], aion_linen.STATS_COLLECTION: {
-            name: jnp.asarray(state[name], dtype) for name, dtype in _STATE_DTYPES.items()}}
+            name: jnp.asarray(value) for name, value in core.portable.state_entries(state).items()}}
 
     def get_state(self, layer):
         stats = layer[1][aion_linen.STATS_COLLECTION]
-        return {"ratio_ema": float(stats["ratio_ema"]), "step_count": int(stats["step_count"]),
-                "nonfinite_count": int(stats["nonfinite_count"])}
+        return {name: stats[name].item() for name in core.STATE_SPEC}
 
     def call(self, layer, mode, x, y, x_norm, cotangent, dtype):
         module, variables = layer
-        x, y, x_norm = _inputs(dtype, x, y, x_norm)
+        inputs = [fw.from_numpy(a, dtype) for a in (x, y, x_norm)]
         stats = variables[aion_linen.STATS_COLLECTION]
         mutable = [aion_linen.STATS_COLLECTION] if mode == "train" else False
 
@@ -127,7 +108,6 @@ class LinenDriver(_FlaxDriver):
             (out, step_stats), updates = result if mutable else (result, {})
             return out, (step_stats, updates.get(aion_linen.STATS_COLLECTION, stats))
 
-        out, (step_stats, new_stats), grads = _run(forward, variables["params"], x, y, x_norm,
-                                                   cotangent)
+        out, (step_stats, new_stats), grads = _run(forward, variables["params"], inputs, cotangent, dtype)
         layer[1] = {**variables, aion_linen.STATS_COLLECTION: new_stats}
-        return _result(out, step_stats, grads)
+        return driver_result(fw.to_numpy, out, step_stats, grads)

@@ -1,23 +1,22 @@
-"""Driver for :mod:`aion_torch`."""
+"""Driver for :mod:`aion_pytorch`, with aion-torch 1.0.2 training parity as its own check."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from aion_torch import AionResidual
-from conformance.driver import as_f64
-from conformance.dtypes import RTOL
-from conformance.oracle import load_oracle, training_parity
-from conformance.runner import Result
+import aion_core as core
+from aion_conformance import original
+from aion_conformance.drivers.base import BuiltinDriver, driver_result, loss_dtype
+from aion_conformance.drivers.protocol import CheckResult
+from aion_conformance.frameworks import torch as fw
+from aion_pytorch import AionResidual
 
 
-class TorchDriver:
+class TorchDriver(BuiltinDriver):
     name = "torch"
-    dtypes = ("float64", "float32", "float16", "bfloat16")
 
     def versions(self):
-        return {"torch": torch.__version__}
+        return fw.versions()
 
     def make(self, config):
         return AionResidual(**config)
@@ -28,35 +27,32 @@ class TorchDriver:
             layer.beta.fill_(beta)
 
     def set_state(self, layer, state):
+        # Through load_state_dict, as a user restores a layer (it resets the k_update phase).
+        entries = core.portable.state_entries(state)
         layer.load_state_dict({"alpha0": layer.alpha0.detach(), "beta": layer.beta.detach(),
-                               **{k: torch.tensor(v) for k, v in state.items()}})
+                               **{k: torch.from_numpy(v) for k, v in entries.items()}})
 
     def get_state(self, layer):
-        return {"ratio_ema": float(layer.ratio_ema), "step_count": int(layer.step_count),
-                "nonfinite_count": int(layer.nonfinite_count)}
+        return {name: getattr(layer, name).item() for name in core.STATE_SPEC}
 
     def call(self, layer, mode, x, y, x_norm, cotangent, dtype):
-        dt = getattr(torch, dtype)
-
-        def tensor(a):
-            if a is None:
-                return None
-            t = torch.from_numpy(np.asarray(a)).to(dt)
-            return t.requires_grad_(cotangent is not None)
-
-        tx, ty, tn = tensor(x), tensor(y), tensor(x_norm)
+        inputs = [fw.from_numpy(a, dtype) for a in (x, y, x_norm)]
         layer.train(mode == "train")
-        layer.zero_grad()
-        out, stats = layer(tx, ty, x_norm=tn, return_stats=True)
-        result = {"out": as_f64(out), "stats": {k: float(v) for k, v in stats.items()}}
-        if cotangent is not None:
-            out.backward(torch.from_numpy(cotangent).to(dt))
-            named = {"x": tx, "y": ty, "x_norm": tn}
-            # A gradient that does not reach an input (eval, non-update steps) is zero.
-            result["grads"] = {k: as_f64(t.grad) if t.grad is not None else np.zeros(t.shape)
-                               for k, t in named.items() if t is not None}
-            result["grads"].update(alpha0=float(layer.alpha0.grad), beta=float(layer.beta.grad))
-        return result
+
+        def forward(x, y, x_norm):
+            return layer(x, y, x_norm=x_norm, return_stats=True)
+
+        if cotangent is None:
+            return driver_result(fw.to_numpy, *forward(*inputs))
+        cot = fw.from_numpy(cotangent, loss_dtype(dtype))
+
+        def loss(x, y, x_norm):
+            out, stats = forward(x, y, x_norm)
+            return torch.sum(out.to(cot.dtype) * cot), (out, stats)
+
+        _, (out, stats), (gx, gy, gxn), (ga, gb) = fw.value_and_grad(loss, inputs, [layer.alpha0, layer.beta])
+        return driver_result(fw.to_numpy, out, stats,
+                             {"x": gx, "y": gy, "x_norm": gxn, "alpha0": ga, "beta": gb})
 
     def extra_checks(self):
         """Multi-step SGD training against aion-torch 1.0.2 itself, in float32."""
@@ -64,15 +60,14 @@ class TorchDriver:
         for gamma in (0.99, 1.0):
             for use_xnorm in (True, False):
                 case = f"8 SGD steps, ema_gamma={gamma}, x_norm={'given' if use_xnorm else 'None'}"
-                res = Result(self.name, "aion-torch 1.0.2", case, "float32", "pass")
-                if load_oracle() is None:
-                    res.status, res.messages = "skip", ["aion-torch 1.0.2 not installed in .oracle/"]
+                res = CheckResult(self.name, original.CHECK, case, "float32", "pass")
+                if original.load() is None:
+                    res.status, res.messages = "skip", [original.MISSING]
                 else:
-                    worst = training_parity(ema_gamma=gamma, use_xnorm=use_xnorm)
-                    if worst.pop("step_count_mismatches"):
-                        res.messages.append("step_count differs")
-                    res.max_abs = res.max_rel = max(worst.values())
-                    res.messages += [f"{k}: {v:.2e}" for k, v in worst.items() if v > RTOL["float32"]]
+                    worst = original.training_parity(ema_gamma=gamma, use_xnorm=use_xnorm)
+                    res.messages = worst.pop("failures")
+                    res.max_abs = max(v[0] for v in worst.values())
+                    res.max_rel = max(v[1] for v in worst.values())
                     res.status = "fail" if res.messages else "pass"
                 results.append(res)
         return results

@@ -8,6 +8,7 @@ import pytest
 from flax import linen as nn
 from flax import nnx
 
+import aion_core
 import aion_flax
 import aion_flax.linen as aion_linen
 from aion_flax import AionBlock, AionStat, linen_from_portable, load_npz, nnx_from_portable, save_npz, to_portable
@@ -123,7 +124,7 @@ def test_linen_round_trip_and_resume(tmp_path):
     _, want = train(variables, 6, 0)
     halfway, first = train(variables, 3, 0)
     save_npz(tmp_path / "aion.npz", to_portable(halfway))
-    assert set(to_portable(halfway)) == {f"aion.{n}" for n in aion_flax.checkpoint.PORTABLE_DTYPES}
+    assert set(to_portable(halfway)) == {f"aion.{n}" for n in aion_core.portable.ENTRY_DTYPES}
     # Only the AION entries come from the file; the rest of the params are carried over.
     restored = linen_from_portable(variables | {"params": halfway["params"]}, load_npz(tmp_path / "aion.npz"))
     assert int(restored["aion_stats"]["aion"]["step_count"]) == 3

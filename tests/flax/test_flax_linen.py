@@ -8,10 +8,8 @@ import pytest
 
 import aion_core as core
 from aion_flax.linen import STATS_COLLECTION, AionBlock, AionResidual
-from conformance.cases import CONFIG_ERRORS, call_error_cases
 
 RNG = np.random.default_rng(3)
-ERRORS = {"ValueError": ValueError, "TypeError": TypeError}
 
 
 def _f32(*shape, scale=1.0):
@@ -80,24 +78,3 @@ def test_block_param_tree_and_grad():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), eager_grads, grads)
     assert float(grads["aion"]["alpha0"]) != 0.0 and int(upd[STATS_COLLECTION]["aion"]["step_count"]) == 1
 
-
-@pytest.mark.parametrize("config,err", CONFIG_ERRORS)
-def test_bad_config_raises_when_built(config, err):
-    with pytest.raises(ERRORS[err]):
-        AionResidual(**config)
-
-
-@pytest.mark.parametrize("case", call_error_cases(), ids=lambda c: c["name"])
-def test_bad_inputs_raise_and_leave_state(case):
-    probe = _f32(2, 3)
-    layer = AionResidual()
-    variables = layer.init(jax.random.key(0), probe, probe, deterministic=True)
-    _, updates = layer.apply(variables, probe, 2 * probe, deterministic=False, mutable=[STATS_COLLECTION])
-    variables = {**variables, **updates}
-    before = jax.tree.map(np.asarray, variables)
-    dtype = jnp.int32 if case["dtype"] == "int32" else jnp.float32
-    args = [None if a is None else jnp.asarray(a, dtype) for a in (case["x"], case["y"], case["x_norm"])]
-    with pytest.raises(ERRORS[case["error"]]):
-        jax.jit(lambda v, *a: layer.apply(v, *a, deterministic=case["mode"] == "eval",
-                                          mutable=[STATS_COLLECTION]))(variables, *args)
-    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, variables))

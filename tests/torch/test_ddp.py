@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from aion_torch import AionBlock
+from aion_pytorch import AionBlock
 
 pytestmark = pytest.mark.distributed
 STEPS = 3

@@ -1,6 +1,6 @@
 """Golden vectors: the reference's answers to :mod:`conformance.cases`, as small JSON files.
 
-``python -m conformance.vectors`` rewrites ``conformance/vectors/``; the test suite checks
+``python -m aion_conformance.spec.golden`` rewrites ``conformance/vectors/``; the test suite checks
 that the committed files are exactly what this produces. Non-finite numbers are written
 as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` so the files stay standard JSON.
 """
@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 import aion_core as core
-from conformance.cases import CONFIG_ERRORS, call_error_cases, vector_cases
-from conformance.reference import reference_call
+from aion_conformance.spec.cases import CONFIG_ERRORS, call_error_cases, vector_cases
+from aion_conformance.spec.reference import reference_call
 
-VECTOR_DIR = Path(__file__).parent / "vectors"
+#: The committed vector files (beside the package, where outside implementers find them).
+VECTOR_DIR = Path(__file__).parent.parent / "vectors"
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 

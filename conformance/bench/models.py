@@ -3,7 +3,7 @@
 4 pre-norm feed-forward blocks (LayerNorm, Linear(D, 4D), GELU, Linear(4D, D)) on a
 (B, T, D) batch, AdamW(lr 1e-3, betas 0.9/0.95, no weight decay), MSE to a random target.
 Variants: ``plain`` (``x + y``), ``aion`` (AionBlock, k_update=1), ``aion-k4`` (k_update=4),
-and on torch ``aion-torch-1.0.2`` (the original's AionBlock, when installed in .oracle/).
+and on torch ``aion-torch-1.0.2`` (the original's AionBlock, when installed).
 Each ``step()`` runs one training step and waits for it to finish on the device.
 """
 
@@ -31,10 +31,10 @@ def _aion_kwargs(variant):
 def torch_step(width: int, variant: str, batch: int, seq: int):
     import torch
 
-    from aion_torch import AionBlock
-    from conformance.oracle import load_oracle
+    from aion_conformance import original
+    from aion_pytorch import AionBlock
 
-    block_cls = load_oracle().AionBlock if variant == "aion-torch-1.0.2" else AionBlock
+    block_cls = original.load().AionBlock if variant == "aion-torch-1.0.2" else AionBlock
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
 

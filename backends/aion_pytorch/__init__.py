@@ -1,14 +1,14 @@
 """AION for PyTorch: a drop-in for aion-torch 1.0.2 built on :mod:`aion_core`.
 
 >>> import torch
->>> from aion_torch import AionResidual
+>>> from aion_pytorch import AionResidual
 >>> layer = AionResidual(alpha0=0.1, beta=0.05)
 >>> out = layer(torch.randn(8, 16, 32), torch.randn(8, 16, 32))
 >>> out.shape, int(layer.step_count)
 (torch.Size([8, 16, 32]), 1)
 """
 
-from aion_torch.functional import compute_alpha, energy
-from aion_torch.residual import AionBlock, AionResidual
+from aion_pytorch.functional import compute_alpha, energy
+from aion_pytorch.residual import AionBlock, AionResidual
 
 __all__ = ["AionBlock", "AionResidual", "compute_alpha", "energy"]

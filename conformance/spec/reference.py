@@ -1,4 +1,4 @@
-"""The float64 reference: ``aion_core`` on numpy float64, plus analytic gradients.
+"""The float64 reference, the spec's truth: ``aion_core`` on numpy float64, plus analytic gradients.
 
 numpy has no autodiff, so the gradient of ``L = sum(out * G)`` is written out here
 (spec "Gradients"); the forward is ``aion_core`` itself, not a second copy.
@@ -11,22 +11,16 @@ import numpy as np
 import aion_core as core
 
 
-def _state(d: dict) -> core.AionState:
-    return core.AionState(np.asarray(d["ratio_ema"], np.float32),
-                          np.asarray(d["step_count"], np.int32),
-                          np.asarray(d["nonfinite_count"], np.int32))
-
-
-def state_dict(s: core.AionState) -> dict:
-    return {"ratio_ema": float(s.ratio_ema), "step_count": int(s.step_count),
-            "nonfinite_count": int(s.nonfinite_count)}
+def state_numbers(state: core.AionState) -> dict:
+    """The state as Python numbers, the form drivers exchange it in."""
+    return {name: value.item() for name, value in core.portable.state_to_dict(state).items()}
 
 
 def reference_call(config: core.AionConfig, alpha0: float, beta: float, state: dict,
                    mode: str, x, y, x_norm=None, cotangent=None):
     """One call of the reference. Returns ``(result, new_state)`` in the driver format."""
     a0, b = np.float64(alpha0), np.float64(beta)
-    st = _state(state)
+    st = core.portable.state_from_dict(state, np)
     update = mode == "train" and bool(core.is_update_step(int(st.step_count), config.k_update))
     with np.errstate(invalid="ignore", over="ignore"):
         if mode == "train":
@@ -39,7 +33,7 @@ def reference_call(config: core.AionConfig, alpha0: float, beta: float, state: d
               "stats": {k: float(v) for k, v in stats.items()}}
     if cotangent is not None:
         result["grads"] = _grads(config, a0, b, st, update, x, y, x_norm, cotangent)
-    return result, state_dict(new)
+    return result, state_numbers(new)
 
 
 def _grads(config, a0, b, st, update, x, y, x_norm, g):

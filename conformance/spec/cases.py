@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.dtypes import round_to
+from aion_conformance.spec.tolerance import round_to
+from aion_core import STATE_SPEC
 
 A0, B0 = 0.1, 0.05  # aion-torch 1.0.2's defaults
 
@@ -37,7 +38,7 @@ def vector_cases() -> list[dict]:
     """The golden-vector cases: name, dtype, config, initial state and a sequence of calls."""
     rng = np.random.default_rng(20261123)
     T, E = "train", "eval"
-    fresh = {"ratio_ema": 1.0, "step_count": 0, "nonfinite_count": 0}
+    fresh = {name: spec[2] for name, spec in STATE_SPEC.items()}
     spec = [
         ("train_xnorm_f32", "float32", {}, (2, 3, 8), [T, T, T, E], {}),
         ("train_no_xnorm_f32", "float32", {}, (4, 16), [T, T, E], {"x_norm": False}),
@@ -76,7 +77,11 @@ CONFIG_ERRORS = [
 
 
 def call_error_cases() -> list[dict]:
-    """Inputs that must be refused, in train and eval, with the state left untouched."""
+    """Inputs that must be refused, in train and eval, with the state left untouched.
+
+    Each runs with ``k_update`` 1 and 2: adapters that choose the update step on the
+    device check their inputs on a path of its own.
+    """
     f = np.ones
     cases = [
         ("shape_mismatch", f((2, 3)), f((2, 4)), None, "float32", "ValueError"),
@@ -85,5 +90,6 @@ def call_error_cases() -> list[dict]:
         ("empty_features", f((2, 0)), f((2, 0)), None, "float32", "ValueError"),
         ("integer_inputs", np.ones((2, 3), np.int32), np.ones((2, 3), np.int32), None, "int32", "TypeError"),
     ]
-    return [{"name": f"{name}_{mode}", "mode": mode, "x": x, "y": y, "x_norm": xn, "dtype": dt, "error": err}
-            for name, x, y, xn, dt, err in cases for mode in ("train", "eval")]
+    return [{"name": f"{name}_{mode}" + ("" if k == 1 else f"_k{k}"), "config": {"k_update": k}, "mode": mode,
+             "x": x, "y": y, "x_norm": xn, "dtype": dt, "error": err}
+            for name, x, y, xn, dt, err in cases for mode in ("train", "eval") for k in (1, 2)]

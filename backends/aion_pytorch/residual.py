@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import aion_core
-from aion_torch.distributed import replica_mean_or_none
+from aion_pytorch.distributed import replica_mean_or_none
 
 
 def _detach(t: torch.Tensor) -> torch.Tensor:
@@ -84,13 +84,15 @@ class AionResidual(nn.Module):
         return (out, stats) if return_stats else out
 
     def _upgrade_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # aion-torch 1.0.2 checkpoints: alpha_cached is derived state here (eval alpha is
-        # recomputed from alpha0, beta and ratio_ema), and nonfinite_count is new.
-        state_dict.pop(prefix + "alpha_cached", None)
-        state_dict.setdefault(prefix + "nonfinite_count", torch.zeros((), dtype=torch.int32))
-        for name in ("step_count", "nonfinite_count"):
+        # aion-torch 1.0.2 checkpoints (spec section 9): alpha_cached is derived state here
+        # (eval alpha is recomputed from alpha0, beta and ratio_ema), nonfinite_count is new.
+        for name in aion_core.portable.IGNORED_ENTRIES:
+            state_dict.pop(prefix + name, None)
+        for name, value in aion_core.portable.DEFAULTS.items():
+            state_dict.setdefault(prefix + name, torch.tensor(value))
+        for name, (dtype, _, _) in aion_core.STATE_SPEC.items():
             if prefix + name in state_dict:
-                state_dict[prefix + name] = state_dict[prefix + name].to(torch.int32)
+                state_dict[prefix + name] = state_dict[prefix + name].to(getattr(torch, dtype))
 
     def _resync_phase(self, incompatible_keys):
         self._phase = int(self.step_count) % self.config.k_update  # one sync, at load time

@@ -1,6 +1,6 @@
-"""aion_torch against aion-torch 1.0.2 itself: same training trajectory, same gradients.
+"""aion_pytorch against aion-torch 1.0.2 itself: same training trajectory, same gradients.
 
-The original is loaded from .oracle/ as ``aion_torch_1_0_2`` (see conformance/oracle.py).
+Both are installed in one environment (import names ``aion_pytorch`` and ``aion_torch``).
 """
 
 import copy
@@ -8,21 +8,20 @@ import copy
 import pytest
 import torch
 
-import aion_torch
-from conformance.oracle import load_oracle, training_parity
+import aion_pytorch
+from aion_conformance import original
 
-orig = load_oracle()
-pytestmark = pytest.mark.skipif(orig is None, reason="aion-torch 1.0.2 not installed in .oracle/ "
-                                "(pip install --no-deps --target .oracle -r requirements/oracle.txt)")
+orig = original.load()
+pytestmark = pytest.mark.skipif(orig is None, reason=original.MISSING)
 
 
 @pytest.mark.parametrize("ema_gamma", [0.99, 0.5, 1.0])
 @pytest.mark.parametrize("use_xnorm", [True, False])
 def test_multi_step_training_matches_original(ema_gamma, use_xnorm):
-    worst = training_parity(steps=8, ema_gamma=ema_gamma, use_xnorm=use_xnorm)
-    assert worst.pop("step_count_mismatches") == 0
+    worst = original.training_parity(steps=8, ema_gamma=ema_gamma, use_xnorm=use_xnorm)
+    assert worst.pop("failures") == []
     # float32 rounding: a few ulps of the largest value
-    assert max(worst.values()) < 1e-6, worst
+    assert max(rel for _, rel in worst.values()) < 1e-6, worst
 
 
 def test_loads_original_state_dict_and_continues_on_same_trajectory():
@@ -35,7 +34,7 @@ def test_loads_original_state_dict_and_continues_on_same_trajectory():
         opt.step()
     sd = old_block.state_dict()
     assert "aion.alpha_cached" in sd
-    new_block = aion_torch.AionBlock(torch.nn.Linear(16, 16), 16)
+    new_block = aion_pytorch.AionBlock(torch.nn.Linear(16, 16), 16)
     new_block.load_state_dict(copy.deepcopy(sd))  # strict: every key accounted for
     assert int(new_block.aion.step_count) == 3 and int(new_block.aion.nonfinite_count) == 0
     x = torch.randn(4, 16)

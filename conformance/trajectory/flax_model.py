@@ -1,9 +1,8 @@
-"""The cross-framework trajectory problem (:mod:`conformance.trajectory`) trained with Flax.
+"""The trajectory problem (:mod:`~aion_conformance.trajectory.problem`) trained with Flax.
 
 :func:`run_nnx` and :func:`run_linen` build the same network from the problem's numpy
-weights out of :class:`aion_flax.AionBlock` (``LayerNorm -> tanh(Dense) -> AionResidual``),
-train it with plain SGD (``optax.sgd``, no momentum) under ``jax.jit``, and return the
-loss and per-block alpha of every step's forward, like :func:`conformance.trajectory.run_torch`.
+weights out of :class:`aion_flax.AionBlock` (``LayerNorm -> tanh(Dense) -> AionResidual``)
+and train it with the jitted gradients and SGD of :mod:`aion_conformance.frameworks.jax`.
 """
 
 from __future__ import annotations
@@ -11,25 +10,30 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 import aion_flax
 import aion_flax.linen as aion_linen
-from conformance.trajectory import block_aion, to_checkpoint
-
-#: The LayerNorm epsilon built into AionBlock (spec); the problem must use the same.
-BLOCK_LN_EPS = 1e-5
+from aion_conformance.frameworks import jax as fw
+from aion_conformance.trajectory.problem import LN_EPS, block_aion, to_checkpoint
+from aion_core import portable
 
 
 def _check_eps(problem: dict) -> None:
-    if problem["ln_eps"] != BLOCK_LN_EPS:
-        raise ValueError(f"problem['ln_eps'] must be {BLOCK_LN_EPS} (AionBlock's), got {problem['ln_eps']}")
+    if problem["ln_eps"] != LN_EPS:
+        raise ValueError(f"problem['ln_eps'] must be {LN_EPS} (AionBlock's), got {problem['ln_eps']}")
 
 
-def _result(losses, alphas, final_blocks) -> dict:
-    return {"loss": [float(v) for v in losses], "alpha": [[float(a) for a in row] for row in alphas],
-            "checkpoint": to_checkpoint(final_blocks)}
+def _train(loss_fn, params, stats, problem: dict, steps: int):
+    """SGD on ``loss_fn(params, stats) -> (loss, (alphas, new stats))``; returns the history."""
+    program = fw.value_and_grad(loss_fn)
+    losses, alphas = [], []
+    for _ in range(steps):
+        loss, (step_alphas, stats), grads, _ = program(params, [], [stats])
+        params = fw.sgd(params, grads, problem["lr"])
+        losses.append(float(loss))
+        alphas.append([float(a) for a in step_alphas])
+    return params, stats, losses, alphas
 
 
 class _TanhLinear(nnx.Module):
@@ -65,28 +69,22 @@ class _NnxNet(nnx.Module):
 
 
 def run_nnx(problem: dict, steps: int = 20) -> dict:
-    """Train the problem with ``aion_flax.AionBlock`` (NNX); returns ``{"loss", "alpha"}``."""
+    """Train the problem with ``aion_flax.AionBlock`` (NNX); loss, alpha and checkpoint."""
     _check_eps(problem)
-    model = _NnxNet(problem)
-    optimizer = nnx.Optimizer(model, optax.sgd(problem["lr"]), wrt=nnx.Param)
+    graphdef, params, stats = nnx.split(_NnxNet(problem), nnx.Param, aion_flax.AionStat)
     x, target = jnp.asarray(problem["x"]), jnp.asarray(problem["target"])
 
-    @nnx.jit
-    def train_step(model, optimizer):
-        def loss_fn(model):
-            out, alphas = model(x)
-            return jnp.mean((out - target) ** 2), alphas
+    def loss_fn(params, stats):
+        model = nnx.merge(graphdef, params, stats, copy=True)
+        out, alphas = model(x)
+        return jnp.mean((out - target) ** 2), (alphas, nnx.state(model, aion_flax.AionStat))
 
-        (loss, alphas), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        optimizer.update(model, grads)
-        return loss, alphas
-
-    history = [train_step(model, optimizer) for _ in range(steps)]
+    params, stats, losses, alphas = _train(loss_fn, params, stats, problem, steps)
+    model = nnx.merge(graphdef, params, stats)
     final = [{"ln_scale": b.norm.scale[...], "ln_bias": b.norm.bias[...],
               "w": b.layer.linear.kernel[...], "b": b.layer.linear.bias[...],
-              **{k: getattr(b.aion, k)[...] for k in ("alpha0", "beta", "ratio_ema", "step_count",
-                                                       "nonfinite_count")}} for b in model.blocks]
-    return _result([h[0] for h in history], [h[1] for h in history], final)
+              **{k: getattr(b.aion, k)[...] for k in portable.ENTRY_DTYPES}} for b in model.blocks]
+    return {"loss": losses, "alpha": alphas, "checkpoint": to_checkpoint(final)}
 
 
 class _LinenTanhDense(nn.Module):
@@ -115,7 +113,7 @@ class _LinenNet(nn.Module):
 
 
 def run_linen(problem: dict, steps: int = 20) -> dict:
-    """Train the problem with ``aion_flax.linen.AionBlock``; returns ``{"loss", "alpha"}``."""
+    """Train the problem with ``aion_flax.linen.AionBlock``; loss, alpha and checkpoint."""
     _check_eps(problem)
     model = _LinenNet(tuple(p["w"].shape[0] for p in problem["blocks"]), problem["alpha0"],
                       problem["beta"])
@@ -127,33 +125,20 @@ def run_linen(problem: dict, steps: int = 20) -> dict:
         aion = block_aion(problem, p)
         block["norm"] = {"scale": jnp.asarray(p["ln_scale"]), "bias": jnp.asarray(p["ln_bias"])}
         block["layer"] = {"dense": {"kernel": jnp.asarray(p["w"]), "bias": jnp.asarray(p["b"])}}
-        block["aion"] = {k: jnp.asarray(aion[k]) for k in ("alpha0", "beta")}
+        block["aion"] = {k: jnp.asarray(aion[k]) for k in portable.PARAM_NAMES}
     if jax.tree.structure(params) != jax.tree.structure(dict(variables["params"])):
         raise RuntimeError("the problem's weights do not cover the Linen parameter tree")
     stats = {f"block_{i}": {"aion": {k: jnp.asarray(v) for k, v in block_aion(problem, p).items()
-                                     if k not in ("alpha0", "beta")}}
+                                     if k not in portable.PARAM_NAMES}}
              for i, p in enumerate(problem["blocks"])}
-    tx = optax.sgd(problem["lr"])
-    opt_state = tx.init(params)
 
-    @jax.jit
-    def train_step(params, stats, opt_state):
-        def loss_fn(params):
-            (out, alphas), updates = model.apply(
-                {"params": params, aion_linen.STATS_COLLECTION: stats}, x,
-                mutable=[aion_linen.STATS_COLLECTION])
-            return jnp.mean((out - target) ** 2), (alphas, updates[aion_linen.STATS_COLLECTION])
+    def loss_fn(params, stats):
+        (out, alphas), updates = model.apply({"params": params, aion_linen.STATS_COLLECTION: stats}, x,
+                                             mutable=[aion_linen.STATS_COLLECTION])
+        return jnp.mean((out - target) ** 2), (alphas, updates[aion_linen.STATS_COLLECTION])
 
-        (loss, (alphas, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state)
-        return optax.apply_updates(params, updates), stats, opt_state, loss, alphas
-
-    losses, alphas = [], []
-    for _ in range(steps):
-        params, stats, opt_state, loss, step_alphas = train_step(params, stats, opt_state)
-        losses.append(loss)
-        alphas.append(step_alphas)
+    params, stats, losses, alphas = _train(loss_fn, params, stats, problem, steps)
     final = [{"ln_scale": params[f"block_{i}"]["norm"]["scale"], "ln_bias": params[f"block_{i}"]["norm"]["bias"],
               "w": params[f"block_{i}"]["layer"]["dense"]["kernel"], "b": params[f"block_{i}"]["layer"]["dense"]["bias"],
               **params[f"block_{i}"]["aion"], **stats[f"block_{i}"]["aion"]} for i in range(len(problem["blocks"]))]
-    return _result(losses, alphas, final)
+    return {"loss": losses, "alpha": alphas, "checkpoint": to_checkpoint(final)}

@@ -1,0 +1,125 @@
+"""The portable checkpoint layout (spec section 9), written once with numpy alone.
+
+One AION layer is five 0-d entries, :data:`ENTRY_DTYPES`: the parameters ``alpha0`` and
+``beta`` and the :data:`~aion_core.STATE_SPEC` fields. A network stores them under each
+layer's dotted path (``"blocks.0.aion.ratio_ema"``); :func:`flatten` and :func:`unflatten`
+convert between that flat dict and ``{path: {name: value}}``. Any framework reads and
+writes the ``.npz`` files of :func:`save_npz` with numpy alone.
+
+>>> import numpy as np
+>>> flat = flatten({"blocks.0.aion": {"alpha0": 0.1, "beta": 0.05, "ratio_ema": 1.5,
+...                                   "step_count": 3, "nonfinite_count": 0}})
+>>> flat["blocks.0.aion.step_count"]
+array(3, dtype=int32)
+>>> state_from_dict(unflatten(flat)["blocks.0.aion"], np)
+AionState(ratio_ema=array(1.5, dtype=float32), step_count=array(3, dtype=int32), nonfinite_count=array(0, dtype=int32))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from aion_core.state import STATE_SPEC, AionState
+
+#: The trainable parameters of one layer, float32 in every framework.
+PARAM_NAMES = ("alpha0", "beta")
+#: Entry name -> dtype name of one layer's portable entries.
+ENTRY_DTYPES = {**dict.fromkeys(PARAM_NAMES, "float32"),
+                **{name: spec[0] for name, spec in STATE_SPEC.items()}}
+#: Entries that older checkpoints hold and loaders ignore (aion-torch 1.0.2's derived alpha).
+IGNORED_ENTRIES = ("alpha_cached",)
+#: Entries a loader fills in when absent (aion-torch 1.0.2 had no ``nonfinite_count``).
+DEFAULTS = {"nonfinite_count": STATE_SPEC["nonfinite_count"][2]}
+
+
+def entry(name: str, value, key: str | None = None) -> np.ndarray:
+    """``value`` as the 0-d numpy array of entry ``name`` in its portable dtype.
+
+    Raises
+    ------
+    ValueError
+        ``value`` is not 0-d (the message names ``key``, the full key, if given).
+    """
+    array = np.asarray(value)
+    if array.shape != ():
+        raise ValueError(f"checkpoint entry {key or name!r} must be 0-d, got shape {array.shape}")
+    return array.astype(ENTRY_DTYPES[name])
+
+
+def layer_entries(entries: Mapping) -> dict[str, np.ndarray]:
+    """One layer's entries as loaders must read them: all five, 0-d, in portable dtypes.
+
+    Ignored entries are dropped and defaults filled in; an unknown or missing entry raises.
+
+    Raises
+    ------
+    KeyError
+        A required entry is missing.
+    ValueError
+        An entry is unknown or not 0-d.
+    """
+    unknown = sorted(set(entries) - set(ENTRY_DTYPES) - set(IGNORED_ENTRIES))
+    if unknown:
+        raise ValueError(f"unknown checkpoint entries {unknown}")
+    merged = {**DEFAULTS, **{k: v for k, v in entries.items() if k not in IGNORED_ENTRIES}}
+    missing = [name for name in ENTRY_DTYPES if name not in merged]
+    if missing:
+        raise KeyError(f"checkpoint has no entry {missing[0]!r}")
+    return {name: entry(name, merged[name]) for name in ENTRY_DTYPES}
+
+
+def state_to_dict(state: AionState) -> dict[str, np.ndarray]:
+    """An :class:`~aion_core.AionState` as 0-d numpy arrays in the portable dtypes."""
+    return {name: entry(name, np.asarray(value)) for name, value in zip(AionState._fields, state)}
+
+
+def state_entries(entries: Mapping) -> dict[str, np.ndarray]:
+    """The state fields of a layer's ``entries``, read as :func:`layer_entries` reads them.
+
+    Parameters among ``entries`` are checked too but not returned.
+    """
+    full = layer_entries({**dict.fromkeys(PARAM_NAMES, 0.0), **entries})
+    return {name: full[name] for name in AionState._fields}
+
+
+def state_from_dict(entries: Mapping, xp, device=None) -> AionState:
+    """The :class:`~aion_core.AionState` held by a layer's ``entries`` (parameters ignored)."""
+    kw = {} if device is None else {"device": device}
+    return AionState(*(xp.asarray(value, dtype=getattr(xp, ENTRY_DTYPES[name]), **kw)
+                       for name, value in state_entries(entries).items()))
+
+
+def flatten(layers: Mapping[str, Mapping]) -> dict[str, np.ndarray]:
+    """``{path: {name: value}}`` to the flat ``{"path.name": array}`` layout.
+
+    AION entries are cast to their portable dtype; other entries (a network's weights)
+    are kept as numpy arrays of their own dtype. An empty path puts the names at the top.
+    """
+    flat = {}
+    for path, entries in layers.items():
+        for name, value in entries.items():
+            key = f"{path}.{name}" if path else name
+            flat[key] = entry(name, value) if name in ENTRY_DTYPES else np.asarray(value)
+    return flat
+
+
+def unflatten(flat: Mapping) -> dict[str, dict]:
+    """The flat layout back to ``{path: {name: value}}`` (the name is the last dotted part)."""
+    layers: dict[str, dict] = {}
+    for key, value in flat.items():
+        path, _, name = key.rpartition(".")
+        layers.setdefault(path, {})[name] = value
+    return layers
+
+
+def save_npz(path, flat: Mapping) -> None:
+    """Save a flat checkpoint with :func:`numpy.savez` (keys as written)."""
+    np.savez(path, **{key: np.asarray(value) for key, value in flat.items()})
+
+
+def load_npz(path) -> dict[str, np.ndarray]:
+    """Load a flat checkpoint saved by :func:`save_npz` (or by any other framework)."""
+    with np.load(path) as archive:
+        return {key: archive[key] for key in archive.files}

@@ -1,0 +1,1 @@
+"""Throughput: AION against the plain residual, per backend and width."""

@@ -1,0 +1,132 @@
+"""Keras 3 harness adapter, on the backend this process was started with (``KERAS_BACKEND``).
+
+Gradients come from the backend's own autodiff: ``tf.GradientTape``, ``jax.value_and_grad``
+over ``Layer.stateless_call`` (one jitted program per model and loss), and
+``torch.autograd.grad``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import keras
+import numpy as np
+from keras import ops
+
+BACKEND = keras.backend.backend()
+
+
+def versions() -> dict[str, str]:
+    framework = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[BACKEND]
+    return {"keras": keras.__version__, framework: importlib.import_module(framework).__version__}
+
+
+def from_numpy(a, dtype: str):
+    """A numpy array (or None) as a backend tensor of ``dtype``."""
+    return None if a is None else ops.convert_to_tensor(np.asarray(a), dtype=dtype)
+
+
+def to_numpy(t) -> np.ndarray:
+    """Any backend tensor or Keras variable as a float64 numpy array (bfloat16 included)."""
+    t = getattr(t, "value", t)
+    if keras.backend.standardize_dtype(t.dtype) == "bfloat16":
+        t = ops.cast(t, "float32")
+    return np.asarray(ops.convert_to_numpy(t), dtype=np.float64)
+
+
+def value_and_grad(model, loss_fn, inputs, consts=()):
+    """``loss_fn(call, *inputs, *consts) -> (loss, aux)`` and the gradients of ``loss``.
+
+    ``call`` invokes ``model`` with the arguments given to it. Gradients are taken with
+    respect to ``inputs`` (None stays None) and ``model.trainable_variables``; the
+    non-trainable variables the call updates are assigned to ``model``. Under JAX the
+    program is jitted once per ``(model, loss_fn)``: pass a function defined once.
+
+    Returns ``(loss, aux, input_grads, variable_grads)``; a gradient that does not reach
+    an input is zero.
+    """
+    return _BY_BACKEND[BACKEND](model, loss_fn, list(inputs), list(consts))
+
+
+def sgd(variables, grads, lr: float) -> None:
+    """``v <- v - lr * g`` for each variable (``Variable.assign``)."""
+    for variable, grad in zip(variables, grads):
+        variable.assign(variable.value - lr * grad)
+
+
+def _split(grads, inputs):
+    """Gradients over ``present inputs + variables`` back to one per input (None kept)."""
+    grads, out = list(grads), []
+    for t in inputs:
+        g = None if t is None else grads.pop(0)
+        out.append(ops.zeros_like(t) if t is not None and g is None else g)
+    return out, grads
+
+
+def _tensorflow(model, loss_fn, inputs, consts):
+    import tensorflow as tf
+
+    present = [t for t in inputs if t is not None]
+    variables = [v.value for v in model.trainable_variables]
+    with tf.GradientTape() as tape:
+        tape.watch(present)
+        loss, aux = loss_fn(model, *inputs, *consts)
+    input_grads, variable_grads = _split(tape.gradient(loss, present + variables), inputs)
+    return loss, aux, input_grads, variable_grads
+
+
+def _torch(model, loss_fn, inputs, consts):
+    import torch
+
+    inputs = [None if t is None else t.detach().requires_grad_() for t in inputs]
+    present = [t for t in inputs if t is not None]
+    variables = [v.value for v in model.trainable_variables]
+    loss, aux = loss_fn(model, *inputs, *consts)
+    grads = torch.autograd.grad(loss, present + variables, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, present + variables)]
+    input_grads, variable_grads = _split(grads, inputs)
+    return loss.detach(), aux, input_grads, variable_grads
+
+
+_JAX_PROGRAMS: dict = {}  # (id(model), loss_fn) -> (model, jitted program); keeps model alive
+
+
+def _jax(model, loss_fn, inputs, consts):
+    key = (id(model), loss_fn)
+    if key not in _JAX_PROGRAMS:
+        _JAX_PROGRAMS[key] = (model, _jax_program(model, loss_fn))
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    loss, aux, new_non_trainable, input_grads, variable_grads = _JAX_PROGRAMS[key][1](
+        trainable, non_trainable, inputs, consts)
+    for variable, value in zip(model.non_trainable_variables, new_non_trainable):
+        variable.assign(value)
+    return loss, aux, input_grads, variable_grads
+
+
+def _jax_program(model, loss_fn):
+    # One XLA program per model and input signature: op-by-op JAX would compile every
+    # primitive separately, which takes far longer than the whole program.
+    import jax
+
+    @jax.jit
+    def program(trainable, non_trainable, inputs, consts):
+        def objective(trainable, inputs):
+            updated = [non_trainable]
+
+            def call(*args, **kwargs):
+                out, new_non_trainable = model.stateless_call(trainable, updated[-1], *args, **kwargs)
+                updated.append(new_non_trainable)
+                return out
+
+            loss, aux = loss_fn(call, *inputs, *consts)
+            return loss, (aux, updated[-1])
+
+        (loss, (aux, new_nt)), (g_vars, g_inputs) = jax.value_and_grad(
+            objective, argnums=(0, 1), has_aux=True)(trainable, inputs)
+        return loss, aux, new_nt, g_inputs, g_vars
+
+    return program
+
+
+_BY_BACKEND = {"tensorflow": _tensorflow, "jax": _jax, "torch": _torch}

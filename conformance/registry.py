@@ -1,0 +1,133 @@
+"""The one backend registry, and the one way to run code in a backend's own process.
+
+Each backend is listed once: its conformance driver, the environment its process needs
+(a Keras backend is fixed when Keras is imported; 64-bit JAX and device flags are
+process-wide), its trajectory model and its benchmark step. Everything that loops over
+backends (the CLI, trajectories, checkpoint matrix, bench, tests) reads :data:`BACKENDS`
+and runs code through :func:`spawn` or :func:`call`.
+
+    python -m aion_conformance.registry TARGET ARGS.json RESULT.json   # (what call() runs)
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_PKG = "aion_conformance"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation the suite knows by name.
+
+    ``driver``, ``trajectory`` and ``bench`` are ``"module:attribute"`` targets, imported
+    only in the backend's own process; None where the backend has no such part.
+    """
+
+    name: str
+    driver: str
+    env: dict[str, str] = field(default_factory=dict)
+    trajectory: str | None = None  # (problem, steps) -> {"loss", "alpha", "checkpoint"}
+    bench: str | None = None  # (width, variant, batch, seq) -> (step, device)
+
+
+def _keras(backend: str) -> Backend:
+    return Backend(f"keras-{backend}", f"{_PKG}.drivers.keras_driver:KerasDriver", {"KERAS_BACKEND": backend},
+                   f"{_PKG}.trajectory.keras_model:run", f"{_PKG}.bench.models:keras_step")
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("numpy", f"{_PKG}.drivers.reference_driver:ReferenceDriver"),
+    Backend("array-api-strict", f"{_PKG}.drivers.array_api_strict_driver:ArrayApiStrictDriver"),
+    Backend("torch", f"{_PKG}.drivers.torch_driver:TorchDriver", {},
+            f"{_PKG}.trajectory.torch_model:run", f"{_PKG}.bench.models:torch_step"),
+    _keras("tensorflow"), _keras("jax"), _keras("torch"),
+    Backend("flax-nnx", f"{_PKG}.drivers.flax_driver:NnxDriver", {},
+            f"{_PKG}.trajectory.flax_model:run_nnx", f"{_PKG}.bench.models:flax_nnx_step"),
+    Backend("flax-linen", f"{_PKG}.drivers.flax_driver:LinenDriver", {},
+            f"{_PKG}.trajectory.flax_model:run_linen", f"{_PKG}.bench.models:flax_linen_step"),
+)}
+
+
+class BackendError(RuntimeError):
+    """Code run in a backend's process failed; the message ends with its last output lines."""
+
+
+def load(target: str) -> Any:
+    """The object a ``"package.module:attribute"`` target names."""
+    module, _, attribute = target.partition(":")
+    if not module or not attribute:
+        raise ValueError(f"a target is 'package.module:Attribute', got {target!r}")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def load_driver(spec: str):
+    """A driver instance from a registry name or an outside ``"module:Class"``."""
+    return load(BACKENDS[spec].driver if spec in BACKENDS else spec)()
+
+
+def environment(backend: str | None = None, **extra: str) -> dict[str, str]:
+    """This process's environment plus what ``backend`` needs, plus ``extra``."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    return {**env, **(BACKENDS[backend].env if backend in BACKENDS else {}), **extra}
+
+
+def spawn(args: list[str], backend: str | None = None, env: dict | None = None,
+          timeout: float | None = None, echo: bool = False, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` in a fresh process with ``backend``'s environment (plus ``env``).
+
+    Output is captured (``stdout``/``stderr`` of the result); with ``echo`` the child's
+    stderr (its progress) is also shown here as it comes.
+    """
+    cmd = [sys.executable, *args]
+    full_env = environment(backend, **(env or {}))
+    if not echo:
+        return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    with subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, cwd=cwd) as proc:
+        err = collections.deque(maxlen=200)
+        for line in proc.stderr:
+            print("      " + line.rstrip(), file=sys.stderr, flush=True)
+            err.append(line)
+        out = proc.stdout.read()
+        proc.wait(timeout=timeout)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "".join(err))
+
+
+def call(target: str, *args, backend: str | None = None, env: dict | None = None,
+         timeout: float | None = None, echo: bool = False):
+    """``target(*args)`` in a fresh process of ``backend``; arguments and result are JSON.
+
+    Raises
+    ------
+    BackendError
+        The process failed (the message carries its last lines of output).
+    """
+    with tempfile.TemporaryDirectory(prefix="aion-") as tmp:
+        request, response = Path(tmp) / "args.json", Path(tmp) / "result.json"
+        request.write_text(json.dumps(args))
+        proc = spawn(["-m", f"{_PKG}.registry", target, str(request), str(response)],
+                     backend, env, timeout, echo)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+            raise BackendError(f"{target} on {backend or 'this environment'} exited with "
+                               f"{proc.returncode}:\n" + "\n".join(tail))
+        return json.loads(response.read_text())
+
+
+def _child(target: str, request: str, response: str) -> None:
+    result = load(target)(*json.loads(Path(request).read_text()))
+    Path(response).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _child(*sys.argv[1:4])

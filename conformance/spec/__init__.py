@@ -1,0 +1,1 @@
+"""The spec side: cases, golden vectors, the float64 reference, tolerances and the one comparison."""

@@ -1,0 +1,66 @@
+"""Every backend of the registry through the same conformance cases, trajectory and checkpoints.
+
+Each backend runs in its own process (:func:`aion_conformance.registry.call`), as
+``python -m aion_conformance`` runs it.
+"""
+
+import pytest
+
+from aion_conformance import registry
+from aion_conformance.spec.cases import CONFIG_ERRORS, call_error_cases
+from aion_conformance.spec.golden import load_all
+from aion_conformance.trajectory import reference
+from aion_conformance.trajectory.parity import RESUME_AT, STEPS
+from aion_conformance.trajectory.problem import (TOLERANCE, deviation, load_checkpoint, make_problem,
+                                                 resume, save_checkpoint)
+
+TRAINED = [name for name, backend in registry.BACKENDS.items() if backend.trajectory]
+
+
+@pytest.mark.parametrize("backend", list(registry.BACKENDS))
+def test_driver_passes_every_case(backend):
+    run = registry.call("aion_conformance.runner:run_spec", backend, backend=backend, timeout=600)
+    assert run["driver"] == backend and run["versions"]
+    by_check = {}
+    for r in run["results"]:
+        by_check.setdefault(r["check"], []).append(r)
+    assert len(by_check["vector"]) == len(load_all())
+    assert len(by_check["config_error"]) == len(CONFIG_ERRORS)
+    assert len(by_check["call_error"]) == len(call_error_cases())
+    failures = [f"{r['check']} {r['case']} [{r['dtype']}]: {r['messages']}" for r in run["results"]
+                if r["status"] == "fail"]
+    assert not failures, "\n".join(failures)
+    assert any(r["status"] == "pass" for r in by_check["vector"])
+
+
+@pytest.fixture(scope="module")
+def reference_runs(tmp_path_factory):
+    """The float64 reference's run and its checkpoint after RESUME_AT steps."""
+    path = tmp_path_factory.mktemp("reference") / "reference.npz"
+    problem = make_problem()
+    save_checkpoint(reference.run(problem, RESUME_AT)["checkpoint"], path)
+    return reference.run(problem, STEPS), path
+
+
+@pytest.mark.parametrize("backend", TRAINED)
+def test_trajectory_and_checkpoints_follow_the_reference(backend, reference_runs, tmp_path):
+    """20 SGD steps track the float64 reference; the backend's checkpoint and the
+    reference's both resume on it and on the reference, on the uninterrupted trajectory."""
+    ref, ref_ckpt = reference_runs
+    target = registry.BACKENDS[backend].trajectory
+    own = tmp_path / f"{backend}.npz"
+    run = registry.call("aion_conformance.trajectory.parity:train", target, str(own), [],
+                        backend=backend, timeout=600)
+    dev = deviation(run, ref)
+    print(f"{backend}: max rel deviation {dev}")
+    assert max(dev.values()) <= TOLERANCE, dev
+    assert run["loss"][-1] < run["loss"][0]  # it trains
+
+    want = {"loss": ref["loss"][RESUME_AT:], "alpha": ref["alpha"][RESUME_AT:]}
+    resumed = registry.call("aion_conformance.trajectory.parity:train", target, None,
+                            [str(own), str(ref_ckpt)], backend=backend, timeout=600)
+    assert sorted(resumed) == sorted([backend, "reference"])
+    resumed[f"{backend} on reference"] = reference.run(resume(make_problem(), load_checkpoint(own)),
+                                                       STEPS - RESUME_AT)
+    for name, got in resumed.items():
+        assert max(deviation(got, want).values()) <= TOLERANCE, (name, deviation(got, want))
