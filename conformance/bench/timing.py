@@ -19,7 +19,7 @@ from aion_conformance.plotting import pyplot
 #: Backends with a benchmark step, in registry order.
 BACKENDS = [name for name, b in registry.BACKENDS.items() if b.bench]
 VARIANTS = ("plain", "aion", "aion-k4")
-ORIGINAL = "aion-torch-1.0.2"  # timed beside ours on torch when the oracle is installed
+ORIGINAL = "aion-torch-1.0.2"  # timed beside ours on torch when installed
 
 
 def bench_one(backend: str, width: int, steps: int, warmup: int, batch: int, seq: int) -> dict:
