@@ -20,16 +20,18 @@ def _real(name: str, value) -> float:
 class AionConfig:
     """Validated constructor arguments shared by every adapter.
 
+    Error messages keep aion-torch 1.0.2's wording and start with the argument's name.
+
     Parameters
     ----------
     alpha0 : float
-        Initial value of the trainable base scale; must be > 0.
+        Initial value of the trainable base scale; must be positive (> 0).
     beta : float
-        Initial value of the trainable adaptation strength; must be >= 0.
+        Initial value of the trainable adaptation strength; must be non-negative (>= 0).
     ema_gamma : float
         EMA factor of the running ratio, in [0, 1]; 1 means no smoothing.
     epsilon : float
-        Added to the input energy before dividing; must be > 0.
+        Added to the input energy before dividing; must be positive (> 0).
     k_update : int
         Recompute the ratio every ``k_update`` training steps; must be >= 1.
 
@@ -38,7 +40,11 @@ class AionConfig:
     >>> AionConfig(alpha0=0.0)
     Traceback (most recent call last):
     ...
-    ValueError: alpha0 must be > 0, got 0.0
+    ValueError: alpha0 must be positive, got 0.0
+    >>> AionConfig(beta=-1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: beta must be non-negative, got -1.0
     """
 
     alpha0: float = 0.1
@@ -53,13 +59,13 @@ class AionConfig:
         gamma = _real("ema_gamma", self.ema_gamma)
         epsilon = _real("epsilon", self.epsilon)
         if alpha0 <= 0:
-            raise ValueError(f"alpha0 must be > 0, got {alpha0}")
+            raise ValueError(f"alpha0 must be positive, got {alpha0}")
         if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+            raise ValueError(f"beta must be non-negative, got {beta}")
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"ema_gamma must be in [0, 1], got {gamma}")
         if epsilon <= 0:
-            raise ValueError(f"epsilon must be > 0, got {epsilon}")
+            raise ValueError(f"epsilon must be positive, got {epsilon}")
         if isinstance(self.k_update, bool) or not isinstance(self.k_update, Integral):
             raise TypeError(f"k_update must be an int, got {type(self.k_update).__name__}")
         if self.k_update < 1:

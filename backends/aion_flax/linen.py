@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 import aion_core as core
@@ -26,7 +27,8 @@ class AionResidual(nn.Module):
     Attributes
     ----------
     alpha0, beta, ema_gamma, epsilon, k_update
-        See :class:`aion_core.AionConfig`; validated when the module is built.
+        See :class:`aion_core.AionConfig`; validated when the module is built (the
+        :class:`aion_core.AionConfig` is the property ``config``).
     axis_name : str or None
         ``shard_map`` / ``pmap`` axis splitting the batch; the ratio is ``pmean``-ed over it.
     deterministic : bool or None
@@ -52,21 +54,23 @@ class AionResidual(nn.Module):
     axis_name: Any = None
     deterministic: bool | None = None
 
-    def __post_init__(self):
-        self.aion_config()  # refuse bad hyper-parameters when the module is built
+    def __post_init__(self) -> None:
+        _ = self.config  # refuse bad hyper-parameters when the module is built
         super().__post_init__()
 
-    def aion_config(self) -> core.AionConfig:
+    @property
+    def config(self) -> core.AionConfig:
         """The validated :class:`aion_core.AionConfig` of this module."""
         return core.AionConfig(alpha0=self.alpha0, beta=self.beta, ema_gamma=self.ema_gamma,
                                epsilon=self.epsilon, k_update=self.k_update)
 
     @nn.compact
-    def __call__(self, x, y, x_norm=None, *, deterministic: bool | None = None,
-                 return_stats: bool = False):
+    def __call__(self, x: jax.Array, y: jax.Array, x_norm: jax.Array | None = None, *,
+                 deterministic: bool | None = None,
+                 return_stats: bool = False) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """Combine ``x`` and ``y`` (see :class:`aion_flax.AionResidual` for arguments)."""
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-        config = self.aion_config()
+        config = self.config
         alpha0 = self.param("alpha0", lambda _: jnp.asarray(config.alpha0, jnp.float32))
         beta = self.param("beta", lambda _: jnp.asarray(config.beta, jnp.float32))
         fresh = core.initial_state(jnp)
@@ -89,6 +93,9 @@ class AionBlock(nn.Module):
     ----------
     layer : nn.Module
         The branch, mapping ``(..., D)`` to ``(..., D)``.
+    dim : int or None
+        Size of the feature (last) axis, as on the other adapters. Linen infers shapes from
+        the input, so it may be left out; when given, an input of another size is refused.
     alpha0, beta, ema_gamma, epsilon, k_update, axis_name, deterministic
         As for :class:`AionResidual`.
 
@@ -102,6 +109,7 @@ class AionBlock(nn.Module):
     """
 
     layer: nn.Module
+    dim: int | None = None
     alpha0: float = 0.1
     beta: float = 0.05
     ema_gamma: float = 0.99
@@ -110,9 +118,22 @@ class AionBlock(nn.Module):
     axis_name: Any = None
     deterministic: bool | None = None
 
+    def __post_init__(self) -> None:
+        _ = self.config  # refuse bad hyper-parameters when the module is built
+        super().__post_init__()
+
+    @property
+    def config(self) -> core.AionConfig:
+        """The validated :class:`aion_core.AionConfig` of the block's :class:`AionResidual`."""
+        return core.AionConfig(alpha0=self.alpha0, beta=self.beta, ema_gamma=self.ema_gamma,
+                               epsilon=self.epsilon, k_update=self.k_update)
+
     @nn.compact
-    def __call__(self, x, *, deterministic: bool | None = None, return_stats: bool = False):
+    def __call__(self, x: jax.Array, *, deterministic: bool | None = None,
+                 return_stats: bool = False) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """``x`` of shape ``(..., D)`` to the block output (and stats when asked)."""
+        if self.dim is not None and x.shape[-1] != self.dim:
+            raise ValueError(f"the last axis of x must have size dim={self.dim}, got shape {tuple(x.shape)}")
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
         # Two-pass variance (as torch computes it), epsilon 1e-5 (spec).
         x_norm = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name="norm")(x)

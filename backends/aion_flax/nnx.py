@@ -7,6 +7,9 @@ Parameters are :class:`flax.nnx.Param` (``alpha0``, ``beta``); the running state
 
 from __future__ import annotations
 
+import inspect
+
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -27,7 +30,8 @@ class AionResidual(nnx.Module):
     Parameters
     ----------
     alpha0, beta, ema_gamma, epsilon, k_update
-        See :class:`aion_core.AionConfig`; validated there (ValueError / TypeError).
+        See :class:`aion_core.AionConfig`; validated there (ValueError / TypeError) and
+        kept as the attribute ``config``.
     axis_name : str or None
         Name of the ``shard_map`` / ``pmap`` axis that splits the batch; the batch ratio
         is then ``pmean``-ed over it. Not needed under plain ``jit`` with sharded inputs.
@@ -49,8 +53,8 @@ class AionResidual(nnx.Module):
     """
 
     def __init__(self, alpha0: float = 0.1, beta: float = 0.05, ema_gamma: float = 0.99,
-                 epsilon: float = 1e-8, k_update: int = 1, axis_name=None, *,
-                 deterministic: bool = False):
+                 epsilon: float = 1e-8, k_update: int = 1, *, axis_name: str | None = None,
+                 deterministic: bool = False) -> None:
         self.config = core.AionConfig(alpha0=alpha0, beta=beta, ema_gamma=ema_gamma,
                                       epsilon=epsilon, k_update=k_update)
         self.axis_name = axis_name
@@ -67,8 +71,9 @@ class AionResidual(nnx.Module):
         """The running state as an :class:`aion_core.AionState` of 0-d arrays."""
         return core.AionState(self.ratio_ema[...], self.step_count[...], self.nonfinite_count[...])
 
-    def __call__(self, x, y, x_norm=None, *, deterministic: bool | None = None,
-                 return_stats: bool = False):
+    def __call__(self, x: jax.Array, y: jax.Array, x_norm: jax.Array | None = None, *,
+                 deterministic: bool | None = None,
+                 return_stats: bool = False) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """Combine ``x`` and ``y``.
 
         Parameters
@@ -96,7 +101,7 @@ class AionResidual(nnx.Module):
             self.nonfinite_count[...] = new_state.nonfinite_count
         return (out, stats) if return_stats else out
 
-    def set_view(self, deterministic: bool | None = None):
+    def set_view(self, deterministic: bool | None = None) -> None:
         """Used by ``nnx.view(model, deterministic=...)``."""
         if deterministic is not None:
             self.deterministic = deterministic
@@ -125,18 +130,34 @@ class AionBlock(nnx.Module):
     (2, 8)
     """
 
-    def __init__(self, layer, dim: int, *, alpha0: float = 0.1, beta: float = 0.05,
-                 ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1,
-                 axis_name=None, deterministic: bool = False, rngs: nnx.Rngs | None = None):
+    def __init__(self, layer, dim: int, alpha0: float = 0.1, beta: float = 0.05,
+                 ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1, *,
+                 axis_name: str | None = None, deterministic: bool = False,
+                 rngs: nnx.Rngs | None = None) -> None:
         # LayerNorm in the two-pass variance (as torch computes it), epsilon 1e-5 (spec).
         self.norm = nnx.LayerNorm(dim, epsilon=1e-5, use_fast_variance=False,
                                   rngs=rngs if rngs is not None else nnx.Rngs(0))
         self.layer = layer
-        self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, axis_name,
+        self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, axis_name=axis_name,
                                  deterministic=deterministic)
 
-    def __call__(self, x, *, deterministic: bool | None = None, return_stats: bool = False):
+    @property
+    def config(self) -> core.AionConfig:
+        """The validated hyper-parameters of the block's :class:`AionResidual`."""
+        return self.aion.config
+
+    def __call__(self, x: jax.Array, *, deterministic: bool | None = None,
+                 return_stats: bool = False) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """``x`` of shape ``(..., dim)`` to the block output (and stats, see AionResidual)."""
         x_norm = self.norm(x)
         return self.aion(x, self.layer(x_norm), x_norm=x_norm, deterministic=deterministic,
                          return_stats=return_stats)
+
+
+# nnx.Module's metaclass hides ``__init__``'s signature behind ``(*args, **kwargs)``;
+# show the real one to ``help()``, IDEs and ``inspect``.
+for _cls in (AionResidual, AionBlock):
+    _cls.__signature__ = inspect.signature(_cls.__init__).replace(
+        parameters=list(inspect.signature(_cls.__init__).parameters.values())[1:],
+        return_annotation=inspect.Signature.empty)
+del _cls

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -10,6 +12,8 @@ from aion_keras import namespace as xp
 from aion_keras.distribution import replica_mean_or_none
 
 _STATE_NAMES = tuple(aion_core.STATE_SPEC)
+#: A tensor of the Keras backend in use (``tf.Tensor``, ``jax.Array`` or ``torch.Tensor``).
+Tensor = Any
 
 
 @keras.saving.register_keras_serializable(package="aion")
@@ -56,14 +60,14 @@ class AionResidual(keras.layers.Layer):
     def __init__(self, alpha0: float = 0.1, beta: float = 0.05, ema_gamma: float = 0.99,
                  epsilon: float = 1e-8, k_update: int = 1, **kwargs):
         super().__init__(**kwargs)
-        self.aion_config = aion_core.AionConfig(alpha0, beta, ema_gamma, epsilon, k_update)
+        self.config = aion_core.AionConfig(alpha0, beta, ema_gamma, epsilon, k_update)
         # autocast=False: the parameters and the state stay float32 under mixed precision.
         self.alpha0 = self.add_weight(
             name="alpha0", shape=(), dtype="float32", autocast=False,
-            initializer=keras.initializers.Constant(self.aion_config.alpha0))
+            initializer=keras.initializers.Constant(self.config.alpha0))
         self.beta = self.add_weight(
             name="beta", shape=(), dtype="float32", autocast=False,
-            initializer=keras.initializers.Constant(self.aion_config.beta))
+            initializer=keras.initializers.Constant(self.config.beta))
         for name, (dtype, shape, value) in aion_core.STATE_SPEC.items():
             # Every replica computes the same new state (the ratio is all-reduced), so
             # the first replica's value is the one to keep.
@@ -74,7 +78,8 @@ class AionResidual(keras.layers.Layer):
         # Every weight exists now and none depends on the input shape.
         self._build_at_init()
 
-    def call(self, x, y, x_norm=None, training=None, return_stats=False):
+    def call(self, x: Tensor, y: Tensor, x_norm: Tensor | None = None, training: bool | None = None,
+             return_stats: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """``x + alpha * y``; with ``return_stats`` also ``{"alpha", "ratio", "ratio_ema"}``.
 
         Parameters
@@ -104,7 +109,7 @@ class AionResidual(keras.layers.Layer):
         return (out, stats) if return_stats else out
 
     def _train_step(self, x, y, x_norm, alpha0, beta, state):
-        config = self.aion_config
+        config = self.config
         replica_mean = replica_mean_or_none()
 
         def step(update):
@@ -140,7 +145,7 @@ class AionResidual(keras.layers.Layer):
         return out, {k: keras.KerasTensor((), dtype="float32") for k in ("alpha", "ratio", "ratio_ema")}
 
     def get_config(self):
-        return {**super().get_config(), **self.aion_config.to_dict()}
+        return {**super().get_config(), **self.config.to_dict()}
 
 
 @keras.saving.register_keras_serializable(package="aion")
@@ -162,7 +167,7 @@ class AionBlock(keras.layers.Layer):
     as in aion-torch's ``AionBlock``.
     """
 
-    def __init__(self, layer, dim: int, alpha0: float = 0.1, beta: float = 0.05,
+    def __init__(self, layer: keras.layers.Layer, dim: int, alpha0: float = 0.1, beta: float = 0.05,
                  ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1, **kwargs):
         super().__init__(**kwargs)
         if isinstance(dim, bool) or not isinstance(dim, int):
@@ -182,7 +187,13 @@ class AionBlock(keras.layers.Layer):
         if not self.layer.built:
             self.layer.build(input_shape)
 
-    def call(self, x, training=None, return_stats=False):
+    @property
+    def config(self) -> aion_core.AionConfig:
+        """The validated hyper-parameters of the block's :class:`AionResidual`."""
+        return self.aion.config
+
+    def call(self, x: Tensor, training: bool | None = None,
+             return_stats: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         x_norm = self.norm(x)
         # training reaches self.layer through Keras' call context (not every layer takes it).
         return self.aion(x, self.layer(x_norm), x_norm=x_norm, training=training,
@@ -192,7 +203,7 @@ class AionBlock(keras.layers.Layer):
         return self.aion.compute_output_spec(x, x, x, return_stats=return_stats)
 
     def get_config(self):
-        residual = self.aion.aion_config.to_dict()
+        residual = self.aion.config.to_dict()
         return {**super().get_config(), "layer": keras.saving.serialize_keras_object(self.layer),
                 "dim": self.dim, **residual}
 

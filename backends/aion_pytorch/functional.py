@@ -21,8 +21,10 @@ def energy(t: torch.Tensor, dim: int = -1, keepdim: bool = True) -> torch.Tensor
     return e.unsqueeze(dim) if keepdim else e
 
 
-def compute_alpha(alpha0, beta, ratio_s):
-    """aion-torch's ``compute_alpha``: the adaptive scale, by :func:`aion_core.compute_alpha`.
+def compute_alpha(alpha0: torch.Tensor, beta: torch.Tensor, ratio_s: torch.Tensor) -> torch.Tensor:
+    """aion-torch's ``compute_alpha``: ``alpha0 / (1 + beta * ratio_s)``, by :func:`aion_core.compute_alpha`.
+
+    Tensors broadcast and keep their dtype; Python floats work too (and give a float).
 
     >>> compute_alpha(torch.tensor(0.1), torch.tensor(0.05), torch.tensor(2.0))
     tensor(0.0909)

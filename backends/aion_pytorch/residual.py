@@ -34,6 +34,15 @@ class AionResidual(nn.Module):
     Buffers: ``ratio_ema`` (float32), ``step_count`` and ``nonfinite_count`` (int32).
     ``forward`` never reads a value on the host; ``return_stats=True`` returns 0-d tensors.
     Under ``torch.distributed`` the batch ratio is averaged over ranks.
+    ``alpha_cached`` (read-only) is the eval alpha, as aion-torch 1.0.2 users log it.
+
+    Examples
+    --------
+    >>> layer = AionResidual(alpha0=0.2, beta=0.1)
+    >>> layer
+    AionResidual(alpha0=0.2, beta=0.1, ema_gamma=0.99, epsilon=1e-08, k_update=1)
+    >>> layer.alpha_cached  # alpha0 / (1 + beta * ratio_ema), ratio_ema = 1.0 when fresh
+    tensor(0.1818)
     """
 
     def __init__(self, alpha0: float = 0.1, beta: float = 0.05, ema_gamma: float = 0.99,
@@ -62,8 +71,22 @@ class AionResidual(nn.Module):
     def k_update(self) -> int:
         return self.config.k_update
 
+    @property
+    def alpha_cached(self) -> torch.Tensor:
+        """The eval alpha, ``alpha0 / (1 + beta * ratio_ema)``: a new detached 0-d float32 tensor.
+
+        aion-torch 1.0.2 kept it as a buffer holding the alpha of the last training forward;
+        here it is computed on the layer's device from the current parameters and the
+        stored ratio (no host read), so it is never stale. With ``k_update = 1`` and
+        finite float32 inputs it equals 1.0.2's value after every training forward. Read-only:
+        writing to the returned tensor does not change the layer.
+        """
+        with torch.no_grad():
+            return aion_core.compute_alpha(self.alpha0.detach().float(), self.beta.detach().float(),
+                                           self.ratio_ema.float())
+
     def forward(self, x: torch.Tensor, y: torch.Tensor, x_norm: torch.Tensor | None = None,
-                return_stats: bool = False):
+                return_stats: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``x + alpha * y``; with ``return_stats`` also ``{"alpha", "ratio", "ratio_ema"}`` tensors."""
         # A clone: autograd may save the ratio (for beta's gradient), and a later training
         # forward updates the buffer in place.
@@ -98,8 +121,9 @@ class AionResidual(nn.Module):
         self._phase = int(self.step_count) % self.config.k_update  # one sync, at load time
 
     def extra_repr(self) -> str:
-        c = self.config
-        return f"ema_gamma={c.ema_gamma}, epsilon={c.epsilon}, k_update={c.k_update}"
+        # The constructor's values (the current parameters are self.alpha0, self.beta):
+        # reading a parameter here would be a host sync, and fails on meta tensors.
+        return ", ".join(f"{k}={v}" for k, v in self.config.to_dict().items())
 
 
 class AionBlock(nn.Module):
@@ -115,6 +139,12 @@ class AionBlock(nn.Module):
         self.layer = layer
         self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update)
 
-    def forward(self, x: torch.Tensor, return_stats: bool = False):
+    @property
+    def config(self) -> aion_core.AionConfig:
+        """The validated hyper-parameters of the block's :class:`AionResidual`."""
+        return self.aion.config
+
+    def forward(self, x: torch.Tensor,
+                return_stats: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x_norm = self.norm(x)
         return self.aion(x, self.layer(x_norm), x_norm=x_norm, return_stats=return_stats)

@@ -106,7 +106,7 @@ class _LinenNet(nn.Module):
         for i, dim in enumerate(self.dims):
             # parent=None: the branch becomes the block's child "layer", not this module's.
             branch = _LinenTanhDense(dim, parent=None)
-            block = aion_linen.AionBlock(branch, self.alpha0, self.beta, name=f"block_{i}")
+            block = aion_linen.AionBlock(branch, alpha0=self.alpha0, beta=self.beta, name=f"block_{i}")
             x, stats = block(x, deterministic=False, return_stats=True)
             alphas.append(stats["alpha"])
         return x, jnp.stack(alphas)

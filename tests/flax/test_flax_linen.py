@@ -32,7 +32,7 @@ def test_init_does_not_update_and_mutable_train_does():
                                         mutable=[STATS_COLLECTION])
     want_out, want_state, _ = core.train_step(x, y, xn, np.float32(0.2), np.float32(0.5),
                                               _core_state(variables[STATS_COLLECTION]),
-                                              layer.aion_config(), xp=np)
+                                              layer.config, xp=np)
     np.testing.assert_allclose(out, want_out, rtol=1e-6, atol=1e-6 * np.abs(want_out).max())
     new = updates[STATS_COLLECTION]
     np.testing.assert_allclose(new["ratio_ema"], want_state.ratio_ema, rtol=1e-6)

@@ -93,7 +93,7 @@ def test_save_load_resumes_the_same_trajectory(tmp_path):
     loaded = keras.models.load_model(path)
     for original, restored in zip(aion_layers(model), aion_layers(loaded), strict=True):
         assert state_of(restored) == state_of(original)
-        assert restored.aion_config == original.aion_config
+        assert restored.config == original.config
     # The loaded model is a separate object; its compile config came with it.
     losses_original = fit(model, 2, JIT)
     losses_loaded = fit(loaded, 2, JIT)
@@ -106,7 +106,7 @@ def test_save_load_resumes_the_same_trajectory(tmp_path):
 def test_residual_config_round_trip():
     layer = AionResidual(alpha0=0.2, beta=0.0, ema_gamma=1.0, epsilon=1e-6, k_update=4, name="r")
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert type(clone) is AionResidual and clone.aion_config == layer.aion_config and clone.name == "r"
+    assert type(clone) is AionResidual and clone.config == layer.config and clone.name == "r"
 
 
 @pytest.mark.slow

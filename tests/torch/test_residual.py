@@ -137,3 +137,76 @@ def test_backward_after_later_forwards_updated_the_state():
     m(x, y)  # an update step rewrites it in place
     (out_eval.sum() + out_hold.sum()).backward()
     assert torch.isfinite(m.beta.grad)
+
+
+def test_alpha_cached_is_the_eval_alpha_read_only_and_detached():
+    m = AionResidual(alpha0=0.2, beta=0.5, ema_gamma=0.9)
+    x, y = torch.randn(4, 8), 3 * torch.randn(4, 8)
+    _, s = m(x, y, return_stats=True)
+    a = m.alpha_cached
+    assert a.shape == () and a.dtype == torch.float32 and not a.requires_grad
+    torch.testing.assert_close(a, s["alpha"])  # k_update=1: the alpha of the last training forward
+    with torch.no_grad():
+        m.beta.fill_(0.1)  # it follows the current parameters (aion-torch 1.0.2's went stale)
+    m.eval()
+    _, s = m(x, y, return_stats=True)
+    torch.testing.assert_close(m.alpha_cached, s["alpha"])
+    m.alpha_cached.fill_(7.0)  # a new tensor on each read: the layer is unchanged
+    torch.testing.assert_close(m.alpha_cached, s["alpha"])
+    with pytest.raises(AttributeError):
+        m.alpha_cached = torch.tensor(0.3)
+    assert "alpha_cached" not in m.state_dict()
+
+
+def test_alpha_cached_reads_nothing_on_host():
+    with torch.device("meta"):  # any host read of a meta tensor raises
+        m = AionResidual()
+        m(torch.randn(2, 4), torch.randn(2, 4))
+    assert m.alpha_cached.device.type == "meta"
+
+
+def test_repr_shows_every_hyper_parameter():
+    text = repr(AionResidual(alpha0=0.2, beta=0.1, ema_gamma=0.95, epsilon=1e-6, k_update=3))
+    assert text == "AionResidual(alpha0=0.2, beta=0.1, ema_gamma=0.95, epsilon=1e-06, k_update=3)"
+    with torch.device("meta"):
+        assert "alpha0=0.1" in repr(AionBlock(torch.nn.Linear(4, 4), 4))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"alpha0": 0.0}, "alpha0 must be positive, got 0.0"),
+    ({"alpha0": -0.1}, "alpha0 must be positive, got -0.1"),
+    ({"beta": -1.0}, "beta must be non-negative, got -1.0"),
+    ({"ema_gamma": 1.1}, r"ema_gamma must be in \[0, 1\], got 1.1"),
+    ({"epsilon": 0.0}, "epsilon must be positive, got 0.0"),
+])
+def test_constructor_errors_keep_the_original_wording(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        AionResidual(**kwargs)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        AionBlock(torch.nn.Identity(), 4, **kwargs)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_input_errors_keep_the_original_wording_and_name_the_argument(train):
+    m = AionResidual().train(train)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    cases = [
+        ((torch.randn(4, 8), torch.randn(4, 9)), r"^Input shapes must match: y\.shape \(4, 9\) != x\.shape \(4, 8\)$"),
+        ((torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 7)),
+         r"^Input shapes must match: x_norm\.shape \(4, 7\) != x\.shape \(4, 8\)$"),
+        ((torch.empty(0, 8), torch.randn(4, 8)), r"^Input tensor x cannot be empty, got shape \(0, 8\)$"),
+        ((torch.randn(4, 8), torch.empty(4, 0)), r"^Input tensor y cannot be empty, got shape \(4, 0\)$"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            m(*args)
+    with pytest.raises(TypeError, match="^y must have a floating dtype"):
+        m(torch.randn(2, 3), torch.ones(2, 3, dtype=torch.int64))
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_public_functions_have_return_annotations():
+    import inspect
+
+    for fn in (AionResidual.forward, AionBlock.forward, compute_alpha, energy):
+        assert inspect.signature(fn).return_annotation is not inspect.Signature.empty, fn

@@ -1,0 +1,92 @@
+"""One API across adapters: the same constructor arguments, ``config`` attribute and annotations."""
+
+import inspect
+
+import pytest
+
+import aion_core as core
+
+COMMON = ["alpha0", "beta", "ema_gamma", "epsilon", "k_update"]
+DEFAULTS = core.AionConfig().to_dict()
+#: Keyword arguments of a framework's own convention, after the common ones.
+OWN = {"torch": set(), "keras": {"kwargs"}, "flax-nnx": {"axis_name", "deterministic", "rngs"},
+       "flax-linen": {"axis_name", "deterministic", "parent", "name"}}
+
+
+def _adapter(name):
+    if name == "torch":
+        import aion_pytorch as m
+    elif name == "keras":
+        import aion_keras as m
+    elif name == "flax-nnx":
+        import aion_flax as m
+    else:
+        import aion_flax.linen as m
+    return m
+
+
+def _branch(adapter):
+    """A 4 -> 4 branch layer of the adapter's framework."""
+    if adapter == "torch":
+        import torch
+
+        return torch.nn.Linear(4, 4)
+    if adapter == "keras":
+        import keras
+
+        return keras.layers.Dense(4)
+    if adapter == "flax-nnx":
+        from flax import nnx
+
+        return nnx.Linear(4, 4, rngs=nnx.Rngs(0))
+    import flax.linen as nn
+
+    return nn.Dense(4)
+
+
+@pytest.mark.parametrize("adapter", list(OWN))
+@pytest.mark.parametrize("cls, leading", [("AionResidual", []), ("AionBlock", ["layer", "dim"])])
+def test_constructor_arguments_are_the_same(adapter, cls, leading):
+    params = list(inspect.signature(getattr(_adapter(adapter), cls)).parameters.values())
+    names = [p.name for p in params]
+    assert names[:len(leading) + len(COMMON)] == leading + COMMON, names
+    for p in params[len(leading):len(leading) + len(COMMON)]:
+        assert p.kind is p.POSITIONAL_OR_KEYWORD and p.default == DEFAULTS[p.name], p
+        assert p.annotation in ("float", "int", float, int), p
+    assert set(names[len(leading) + len(COMMON):]) <= OWN[adapter] | ({"dim"} if adapter == "flax-linen" else set())
+
+
+@pytest.mark.parametrize("adapter", list(OWN))
+def test_config_attribute_holds_the_validated_hyper_parameters(adapter):
+    m = _adapter(adapter)
+    want = core.AionConfig(0.2, 0.3, 0.9, 1e-6, 2)
+    assert m.AionResidual(0.2, 0.3, 0.9, 1e-6, 2).config == want
+    assert m.AionBlock(_branch(adapter), 4, 0.2, 0.3, 0.9, 1e-6, 2).config == want
+    with pytest.raises(ValueError, match="alpha0"):
+        m.AionResidual(alpha0=-1.0)
+
+
+def test_linen_block_checks_its_config_and_dim_when_built():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    import aion_flax.linen as aion_linen
+
+    with pytest.raises(ValueError, match="alpha0"):
+        aion_linen.AionBlock(nn.Dense(4), alpha0=-1.0)
+    block = aion_linen.AionBlock(nn.Dense(4), 4, beta=0.3)
+    assert block.config.beta == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="dim=4"):
+        block.init(jax.random.key(0), jnp.ones((2, 3)), deterministic=True)
+
+
+@pytest.mark.parametrize("adapter, method", [("torch", "forward"), ("keras", "call"),
+                                             ("flax-nnx", "__call__"), ("flax-linen", "__call__")])
+def test_call_signatures_are_annotated(adapter, method):
+    m = _adapter(adapter)
+    for cls in (m.AionResidual, m.AionBlock):
+        sig = inspect.signature(getattr(cls, method))
+        assert sig.return_annotation is not inspect.Signature.empty, (cls, method)
+        assert all(p.annotation is not p.empty for p in sig.parameters.values()
+                   if p.name != "self" and p.kind is not p.VAR_KEYWORD), (cls, method, sig)
