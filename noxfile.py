@@ -4,6 +4,7 @@
     nox -s conformance   # every driver, the table, reports/conformance.{md,json}
     nox -s conformance -- --driver mypkg.mod:MyDriver   # an external implementation too
     nox -s bench         # throughput of AION vs the plain residual
+    nox -s docs          # the documentation site in site/ (mkdocs build --strict, API reference)
 """
 
 import sys
@@ -27,3 +28,13 @@ def conformance(session):
 @nox.session(venv_backend="none")
 def bench(session):
     session.run(sys.executable, "-m", "aion_conformance.bench", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def docs(session):
+    """Build the site into site/ with ``mkdocs build --strict``: any warning fails it."""
+    # The pinned docs tools, into the shared environment; the test set's pins constrain them.
+    session.run(sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                "-r", "requirements/docs.txt", "-c", "requirements/test.txt")
+    session.run(sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", "site",
+                *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})  # (mkdocs-material's banner)

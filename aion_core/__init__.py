@@ -16,6 +16,8 @@ adapter hands in a ``keras.ops``-backed one).
 (4.0, 1.03)
 """
 
+__version__ = "0.1.0"  # the one version: pyproject.toml and every package read it here
+
 from aion_core.config import AionConfig
 from aion_core.errors import check_inputs
 from aion_core import portable

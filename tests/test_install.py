@@ -1,21 +1,33 @@
-"""The package as a user installs it: our wheel in fresh virtual environments.
+"""The package as a user gets it: our sdist and wheel, installed into fresh virtual environments.
 
-One wheel is built per session from a copy of the tree (so no build/ or egg-info lands in
-the checkout, and no stale build/ is packed). Each environment is `python -m venv
---without-pip` in a temp dir, filled by this environment's pip through `pip --python`
-(pip >= 22.3): that skips ensurepip, and `--no-compile` skips writing torch's .pyc files,
-most of its install time. Downloads come from pip's cache and the local wheel store.
-Subprocesses run in a temp cwd without PYTHONPATH, so the checkout is never importable.
+One sdist and one wheel are built per session by `python -m build` from a clean copy of the
+tree (the wheel from the sdist, as pip builds it for a user who has only the sdist; no build/
+or egg-info lands in the checkout). Their file lists, their metadata and the build's whole
+output (no warning in it) are checked. Each environment is `python -m venv --without-pip`,
+filled through `pip --python` by the pip of a small tools venv (pinned in TOOLS: it resolves
+the tensorflow set in a third of pip 23's time) with `--no-compile`, which skips writing .pyc
+files, most of torch's install time. Every version is pinned, so downloads come from pip's
+cache and the local wheel store: the frameworks by requirements/test.txt, everything they pull
+in by a constraints file of this environment's own versions. The venvs live in /dev/shm when it
+has room: making and deleting the 1.4 GB tensorflow venv takes seconds there, up to a minute on
+disk. Subprocesses run in a temp cwd without PYTHONPATH, so the checkout is never importable.
 """
 
+import email.parser
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+import zipfile
+from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -27,8 +39,19 @@ TIMEOUT = 600
 PINS = dict(line.strip().split("==") for line in (ROOT / "requirements" / "test.txt").read_text().splitlines()
             if "==" in line and not line.lstrip().startswith("#"))
 BASE = [f"numpy=={PINS['numpy']}", f"array-api-compat=={PINS['array-api-compat']}"]
+# Build and check tools, for the tools venv only (the shared environment does not need them).
+TOOLS = ["pip==26.2.1", "build==1.6.1", "trove-classifiers==2026.9.21.13"]
 # pip says this when two distributions write one path, or a resolve breaks a requirement.
 CLASH = re.compile(r"overwrit|clobber|conflict|already exists|not installed", re.I)
+# A line of the build's output that must not be there.
+WARNING = re.compile(r"warn|deprecat|!!|\berror\b", re.I)
+VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "aion_core" / "__init__.py").read_text(), re.M)[1]
+REPOSITORY = "https://github.com/aion-residual/aion-residual"
+# Import name -> folder in the tree (pyproject's package-dir).
+PACKAGES = {"aion_core": "aion_core", "aion_pytorch": "backends/aion_pytorch", "aion_keras": "backends/aion_keras",
+            "aion_flax": "backends/aion_flax", "aion_conformance": "conformance"}
+FRAMEWORKS = ["torch", "tensorflow", "keras", "jax", "flax"]  # import names
+SCRATCH_PREFIX = "aion-test-install-"
 
 
 def _run(cmd, cwd, **extra):
@@ -37,43 +60,303 @@ def _run(cmd, cwd, **extra):
                           capture_output=True, text=True, timeout=TIMEOUT)
 
 
-def _pip(py, *args):
-    """This environment's pip acting on the venv of ``py``; its output, for CLASH."""
-    proc = _run([sys.executable, "-m", "pip", "--python", py, *args], cwd=py.parent)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout + proc.stderr
+class Pip:
+    """The tools venv's pip acting on other venvs; each call returns its output, for CLASH."""
+
+    def __init__(self, python, constraints):
+        self.python, self.constraints = python, constraints
+
+    def __call__(self, py, *args):
+        proc = _run([self.python, "-m", "pip", "--python", py, *args], cwd=py.parent)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout + proc.stderr
+
+    def install(self, py, *reqs):
+        return self(py, "install", "-q", "--no-compile", "-c", self.constraints, *reqs)
 
 
-def _install(py, *reqs):
-    return _pip(py, "install", "-q", "--no-compile", *reqs)
+def _new_venv(root, name):
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", path], check=True, timeout=TIMEOUT)
+    return path
+
+
+def _mem_available():
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.M)
+    return int(found[1]) * 1024 if found else 0
+
+
+def _reap(shm):
+    """Removes the scratch folders of test sessions that died before their teardown (RAM)."""
+    for path in shm.glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            os.kill(int(path.name[len(SCRATCH_PREFIX):].split("-")[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (ValueError, OSError):
+            continue
 
 
 @pytest.fixture(scope="session")
-def wheel(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("wheel")
-    shutil.copytree(ROOT, tmp / "src", ignore=shutil.ignore_patterns(
-        ".*", "build", "*.egg-info", "__pycache__", "reports", "tests", "docs"))
-    # Build isolation on: setuptools comes from the index, as for any user's `pip install`.
-    proc = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp / "dist", tmp / "src"], tmp)
+def scratch(tmp_path_factory):
+    """Where the venvs go: /dev/shm when it and the RAM have room, else pytest's temp dir."""
+    shm = Path("/dev/shm")
+    if (shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 4 * 2**30
+            and _mem_available() > 8 * 2**30):
+        _reap(shm)
+        root = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=shm))
+    else:
+        root = tmp_path_factory.mktemp("venvs")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pip(scratch, tmp_path_factory):
+    t0 = time.perf_counter()
+    tools = _new_venv(scratch, "tools") / "bin" / "python"
+    proc = _run([sys.executable, "-m", "pip", "--python", tools, "install", "-q", "--no-compile", *TOOLS],
+                cwd=scratch)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # This environment's versions (the tested set), less our own: the frameworks' dependencies
+    # resolve to them. Local labels dropped: `torch==2.13.0` still takes the +cpu wheel.
+    ours = {"aion-residual", "aion-torch"}
+    versions = {f"{dist.metadata['Name'].lower()}=={dist.version.split('+')[0]}" for dist in metadata.distributions()
+                if dist.metadata["Name"] and dist.metadata["Name"].lower() not in ours}
+    constraints = tmp_path_factory.mktemp("pip") / "constraints.txt"
+    constraints.write_text("\n".join(sorted(versions)) + "\n")
+    print(f"\n[install] tools venv set up in {time.perf_counter() - t0:.1f} s")
+    return Pip(tools, constraints)
+
+
+def _copy_ignore(folder, names):
+    top = Path(folder) == ROOT
+    return [n for n in names if n.startswith(".") or n == "__pycache__" or n.endswith((".pyc", ".egg-info"))
+            or (top and n in ("build", "dist", "reports", "site"))]
+
+
+class Dists(NamedTuple):
+    src: Path
+    sdist: Path
+    wheel: Path
+    log: str
+
+
+@pytest.fixture(scope="session")
+def dists(pip, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dists")
+    shutil.copytree(ROOT, tmp / "src", ignore=_copy_ignore)
+    t0 = time.perf_counter()
+    # Build isolation on: setuptools comes from the index, as for any user's build. Bytecode
+    # writing on, as a user has it (else setuptools warns that byte-compiling is disabled).
+    proc = _run([pip.python, "-m", "build", "--outdir", tmp / "dist", tmp / "src"], tmp, PYTHONDONTWRITEBYTECODE="")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    print(f"\n[build] sdist and wheel built in {time.perf_counter() - t0:.1f} s")
+    (sdist,) = (tmp / "dist").glob("aion_residual-*.tar.gz")
     (whl,) = (tmp / "dist").glob("aion_residual-*.whl")
-    return whl
+    return Dists(tmp / "src", sdist, whl, proc.stdout + proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def wheel(dists):
+    return dists.wheel
 
 
 @pytest.fixture
-def venv(tmp_path_factory):
-    """Makes fresh venvs (``name -> python``); removed afterwards: a torch venv is ~1 GB."""
+def venv(scratch):
+    """Makes fresh venvs (``name -> python``); removed afterwards: a tensorflow venv is 1.4 GB."""
     made = []
 
     def make(name):
-        path = tmp_path_factory.mktemp(name)
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", path], check=True, timeout=TIMEOUT)
-        made.append(path)
-        return path / "bin" / "python"
+        made.append(_new_venv(scratch, name))
+        return made[-1] / "bin" / "python"
 
     yield make
     for path in made:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def torch_venv(scratch, pip, wheel):
+    """Our wheel with torch, made once for the two tests that use it (torch is the largest
+    install after tensorflow); the second leaves it as it found it. Removed afterwards."""
+    t0 = time.perf_counter()
+    path = _new_venv(scratch, "venv-torch")
+    py = path / "bin" / "python"
+    log = pip.install(py, f"{wheel}[torch]", f"torch=={PINS['torch']}")
+    assert not CLASH.search(log), log
+    print(f"\n[install] torch venv set up in {time.perf_counter() - t0:.1f} s")
+    yield py
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_build_output_has_no_warning(dists):
+    assert "Successfully built" in dists.log, dists.log
+    warnings = [line for line in dists.log.splitlines() if WARNING.search(line)]
+    assert not warnings, "\n".join(warnings) + "\n\nthe whole output:\n" + dists.log
+
+
+def _files(folder):
+    return {path for path in folder.rglob("*") if path.is_file()}
+
+
+def test_wheel_holds_the_packages_their_data_and_markers(dists, pip):
+    with zipfile.ZipFile(dists.wheel) as whl:
+        names = set(whl.namelist())
+        dist_info = f"aion_residual-{VERSION}.dist-info"
+        meta = email.parser.Parser().parsestr(whl.read(f"{dist_info}/METADATA").decode())
+    # Every file of every package folder, under its import name, and nothing else.
+    expected = {f"{name}/{path.relative_to(dists.src / folder).as_posix()}"
+                for name, folder in PACKAGES.items() for path in _files(dists.src / folder)}
+    expected |= {f"{dist_info}/{name}" for name in ("METADATA", "WHEEL", "top_level.txt", "RECORD", "licenses/LICENSE")}
+    assert names == expected, f"not expected: {sorted(names - expected)}, missing: {sorted(expected - names)}"
+    assert {f"{name}/py.typed" for name in PACKAGES} <= names
+    vectors = {n for n in names if n.startswith("aion_conformance/vectors/") and n.endswith(".json")}
+    assert len(vectors) == len(list((ROOT / "conformance" / "vectors").glob("*.json"))) > 0
+
+    assert (meta["Name"], meta["Version"], meta["Requires-Python"]) == ("aion-residual", VERSION, ">=3.10")
+    assert (meta["License-Expression"], meta.get_all("License-File")) == ("MIT", ["LICENSE"])
+    urls = dict(url.split(", ", 1) for url in meta.get_all("Project-URL"))
+    assert {"Homepage", "Documentation", "Issues"} <= set(urls) and all(u.startswith(REPOSITORY) for u in urls.values())
+    extras = {}
+    for req in meta.get_all("Requires-Dist"):
+        found = re.fullmatch(r'([A-Za-z0-9_.-]+)(\[[^]]*\])?[^;]*(?:; extra == "([^"]+)")?', req)
+        extras.setdefault(found[3], set()).add(found[1] + (found[2] or ""))
+    assert set(meta.get_all("Provides-Extra")) == set(extras) - {None}
+    assert extras[None] == {"numpy", "array-api-compat"}
+    assert {extra: extras[extra] for extra in ("torch", "keras", "tensorflow", "jax", "flax", "report")} == {
+        "torch": {"torch"}, "keras": {"keras"}, "tensorflow": {"keras", "tensorflow"}, "jax": {"jax"},
+        "flax": {"jax", "flax"}, "report": {"matplotlib"}}
+    assert extras["all"] == {"aion-residual[flax,jax,keras,report,tensorflow,torch]"}
+    assert {"pytest", "hypothesis", "array-api-strict", "mypy"} <= extras["test"]
+    classifiers = meta.get_all("Classifier")
+    assert {"Operating System :: OS Independent", "Typing :: Typed",
+            "Topic :: Scientific/Engineering :: Artificial Intelligence",
+            *(f"Programming Language :: Python :: 3.{minor}" for minor in (10, 11, 12))} <= set(classifiers)
+    # PyPI refuses an upload with a classifier it does not know.
+    proc = _run([pip.python, "-c", "import sys, trove_classifiers as t;"
+                 "sys.exit(str([c for c in sys.argv[1:] if c not in t.classifiers]) if set(sys.argv[1:]) - t.classifiers else 0)",
+                 *classifiers], cwd=dists.src)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_sdist_holds_the_tree(dists):
+    top = f"aion_residual-{VERSION}/"
+    with tarfile.open(dists.sdist) as sdist:
+        members = [m.name for m in sdist.getmembers() if m.isfile()]
+    assert all(name.startswith(top) for name in members), members
+    names = {name[len(top):] for name in members}
+    expected = {path.relative_to(dists.src).as_posix()
+                for folder in ("aion_core", "backends", "conformance", "docs", "tests", "requirements", "scripts")
+                for path in _files(dists.src / folder)}
+    expected |= {"LICENSE", "MANIFEST.in", "README.md", "noxfile.py", "mkdocs.yml", "pyproject.toml", "PKG-INFO", "setup.cfg"}
+    egg_info = {name for name in names if name.startswith("aion_residual.egg-info/")}
+    assert egg_info, names
+    assert names - egg_info == expected, f"not expected: {sorted(names - egg_info - expected)}, missing: {sorted(expected - names)}"
+    for folder in ("docs", "tests/fixtures", "tests/keras", "tests/flax", "tests/torch", "conformance/vectors"):
+        assert any(name.startswith(folder + "/") for name in names), folder
+
+
+class Setup(NamedTuple):
+    adapter: str  # the package trained
+    extra: str  # ours, installed with the pins below: pip checks that they satisfy its ranges
+    pins: list  # distributions pinned by requirements/test.txt
+    present: list  # import names that must import; every other framework must not
+    env: dict
+
+
+# One venv each: our wheel and one framework. `[tensorflow]` names `tensorflow`, the pinned set
+# has `tensorflow-cpu` (the same modules, without CUDA), so that venv takes `[keras]` and the pin.
+SETUPS = {
+    "keras-tensorflow": Setup("aion_keras", "keras", ["keras", "tensorflow-cpu"], ["keras", "tensorflow"],
+                              {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}),
+    "keras-jax": Setup("aion_keras", "keras,jax", ["keras", "jax", "jaxlib"], ["keras", "jax"],
+                       {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}),
+    "flax": Setup("aion_flax", "flax", ["jax", "jaxlib", "flax", "optax"], ["jax", "flax", "optax"], {"JAX_PLATFORMS": "cpu"}),
+    # Last, so that its venv (torch_venv) is made right before the test after this one uses it
+    # again; this run writes torch's .pyc for that test's three (else ~3 s more each import).
+    "torch": Setup("aion_pytorch", "torch", ["torch"], ["torch"], {"PYTHONDONTWRITEBYTECODE": ""}),
+}
+
+# Trains 3 optimizer steps of a tiny model around the adapter's AionBlock; prints the losses
+# and the block's step_count as JSON. argv: adapter, frameworks present, frameworks absent.
+TRAIN_BLOCK = """
+import importlib, importlib.metadata, importlib.util, json, os, sys
+import numpy as np
+
+adapter, present, absent = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+missing = [name for name in present if importlib.util.find_spec(name) is None]
+leaked = [name for name in absent if importlib.util.find_spec(name) is not None]
+assert not missing and not leaked, f"missing: {missing}; importable, should not be: {leaked}"
+module = importlib.import_module(adapter)
+assert module.__file__.startswith(sys.prefix), module.__file__  # the installed copy
+assert module.__version__ == importlib.metadata.version("aion-residual"), module.__version__
+rng = np.random.default_rng(0)
+x, y = (rng.standard_normal((32, 16), dtype=np.float32) for _ in range(2))
+if adapter == "aion_pytorch":
+    import torch
+    torch.manual_seed(0)
+    block = module.AionBlock(torch.nn.Linear(16, 16), dim=16)
+    opt = torch.optim.SGD(block.parameters(), lr=0.05)
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = (block(torch.from_numpy(x)) - torch.from_numpy(y)).square().mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    steps = int(block.aion.step_count)
+elif adapter == "aion_keras":
+    import keras
+    assert keras.backend.backend() == os.environ["KERAS_BACKEND"], keras.backend.backend()
+    keras.utils.set_random_seed(0)
+    block = module.AionBlock(keras.layers.Dense(16), dim=16)
+    model = keras.Sequential([keras.Input((16,)), block])
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    losses = model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0).history["loss"]
+    steps = int(keras.ops.convert_to_numpy(block.aion.step_count))
+else:
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+    block = module.AionBlock(nnx.Linear(16, 16, rngs=nnx.Rngs(0)), 16)
+    opt = nnx.Optimizer(block, optax.sgd(0.05), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, opt, x, y):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        opt.update(model, grads)
+        return loss
+
+    losses = [float(train_step(block, opt, jnp.asarray(x), jnp.asarray(y))) for _ in range(3)]
+    steps = int(block.aion.step_count[...])
+print(json.dumps({"losses": [float(v) for v in losses], "step_count": steps}))
+"""
+
+
+@pytest.mark.parametrize("name", SETUPS)
+def test_trains_with_its_framework_alone(name, request, pip, wheel, venv, tmp_path):
+    setup = SETUPS[name]
+    t0 = time.perf_counter()
+    if name == "torch":
+        py = request.getfixturevalue("torch_venv")
+    else:
+        py = venv(f"venv-{name}")
+        log = pip.install(py, f"{wheel}[{setup.extra}]", *(f"{dist}=={PINS[dist]}" for dist in setup.pins))
+        assert not CLASH.search(log), log
+    t1 = time.perf_counter()
+    absent = [framework for framework in FRAMEWORKS if framework not in setup.present]
+    proc = _run([py, "-c", TRAIN_BLOCK, setup.adapter, " ".join(setup.present), " ".join(absent)],
+                cwd=tmp_path, **{"PYTHONDONTWRITEBYTECODE": "1", **setup.env})
+    print(f"\n[{name}] venv set up in {t1 - t0:.1f} s, 3 steps trained in {time.perf_counter() - t1:.1f} s")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert len(result["losses"]) == 3 and all(map(math.isfinite, result["losses"])), result
+    assert result["step_count"] == 3, result
 
 
 # Imports each of PRESENT and trains one SGD step of its AionResidual; each of ABSENT must not import.
@@ -97,17 +380,13 @@ for name in absent:
 """
 
 
-def test_coexists_with_aion_torch_1_0_2(wheel, venv, tmp_path):
-    t0 = time.perf_counter()
-    py = venv("venv-torch")
-    log = _install(py, f"torch=={PINS['torch']}", *BASE)
-    # Both --no-deps: aion-torch's own `torch>=2.0` must not move the pinned torch.
-    log += _install(py, "--no-deps", wheel, "aion-torch==1.0.2")
-    print(f"\n[install] torch venv set up in {time.perf_counter() - t0:.1f} s")
+def test_coexists_with_aion_torch_1_0_2(torch_venv, pip, wheel, tmp_path):
+    py = torch_venv
+    # --no-deps: aion-torch's own `torch>=2.0` must not move the pinned torch.
+    log = pip.install(py, "--no-deps", "aion-torch==1.0.2")
 
     def train(present, absent=""):
-        # Let the first run write torch's .pyc (not written at install, nor under
-        # PYTHONDONTWRITEBYTECODE=1): an uncached `import torch` costs ~3 s more each time.
+        # Writes .pyc (an uncached `import torch` costs ~3 s more each time).
         proc = _run([py, "-c", TRAIN, present, absent], cwd=tmp_path, PYTHONDONTWRITEBYTECODE="")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return dict(line.split(" ", 1) for line in proc.stdout.splitlines())
@@ -120,24 +399,25 @@ def test_coexists_with_aion_torch_1_0_2(wheel, venv, tmp_path):
                   cwd=tmp_path)
     torch_version, both_own = shared.stdout.splitlines()
     assert torch_version.startswith(PINS["torch"]) and both_own == "[]", shared.stdout + shared.stderr
-    # (b) removing the original leaves ours working, and it removes all of its own.
-    log += _pip(py, "uninstall", "-y", "aion-torch")
-    train("aion_pytorch", "aion_torch")
-    # (c) and the other way round.
-    log += _install(py, "--no-deps", "aion-torch==1.0.2") + _pip(py, "uninstall", "-y", "aion-residual")
+    # (b) removing ours leaves the original working, and it removes all of its own.
+    log += pip(py, "uninstall", "-y", "aion-residual")
     train("aion_torch", "aion_pytorch aion_core aion_conformance")
+    # (c) and the other way round, which leaves the venv as the fixture made it.
+    log += pip.install(py, "--no-deps", wheel) + pip(py, "uninstall", "-y", "aion-torch")
+    train("aion_pytorch", "aion_torch")
     assert not CLASH.search(log), log
 
 
-def test_outside_driver_runs_in_a_lean_environment(wheel, venv, tmp_path):
+def test_outside_driver_runs_in_a_lean_environment(pip, wheel, venv, tmp_path):
     t0 = time.perf_counter()
     py = venv("venv-lean")
-    _install(py, "--no-deps", wheel, *BASE)  # numpy and array-api-compat have no deps of their own
+    pip.install(py, "--no-deps", wheel, *BASE)  # numpy and array-api-compat have no deps of their own
     print(f"\n[install] lean venv set up in {time.perf_counter() - t0:.1f} s")
     # No framework, no plotting: the suite must not need them for an outside numpy driver.
     probe = _run([py, "-c", """
-import importlib, sys, aion_conformance
+import importlib, importlib.metadata, sys, aion_conformance, aion_core
 assert aion_conformance.__file__.startswith(sys.prefix), aion_conformance.__file__  # the installed copy
+assert aion_core.__version__ == aion_conformance.__version__ == importlib.metadata.version("aion-residual")
 for name in ("matplotlib", "torch", "jax", "tensorflow", "keras", "flax"):
     try:
         importlib.import_module(name)

@@ -4,6 +4,7 @@
 ``aion_flax.linen`` holds the :mod:`flax.linen` versions. The math is :mod:`aion_core`.
 """
 
+from aion_core import __version__ as __version__
 from aion_flax import linen
 from aion_flax.checkpoint import (linen_from_portable, load_npz, nnx_from_portable, save_npz,
                                   to_portable)

@@ -10,6 +10,7 @@ The same code runs on the TensorFlow, JAX and PyTorch backends.
 ((8, 32), 1)
 """
 
+from aion_core import __version__ as __version__
 from aion_keras.residual import AionBlock, AionResidual
 
 __all__ = ["AionBlock", "AionResidual"]

@@ -8,6 +8,7 @@
 (torch.Size([8, 16, 32]), 1)
 """
 
+from aion_core import __version__ as __version__
 from aion_pytorch.functional import compute_alpha, energy
 from aion_pytorch.residual import AionBlock, AionResidual
 
