@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import asdict, dataclass
 from numbers import Integral, Real
+
+#: The largest ``k_update``: the step counter it divides is int32.
+K_UPDATE_MAX = 2**31 - 1
 
 
 def _real(name: str, value) -> float:
@@ -16,6 +20,27 @@ def _real(name: str, value) -> float:
     return value
 
 
+def _float32(value: float) -> float:
+    """``value`` rounded to float32 (nearest, ties to even); +-inf where it overflows.
+
+    >>> _float32(0.1), _float32(1e300), _float32(1e-300)
+    (0.10000000149011612, inf, 0.0)
+    """
+    try:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:  # some struct implementations refuse instead of rounding to inf
+        return math.copysign(math.inf, value)
+
+
+def _in_float32(name: str, value: float, why: str, positive: bool) -> None:
+    """Refuse a value that float32, the dtype it is held or used in, turns into inf or 0."""
+    rounded = _float32(value)
+    if not math.isfinite(rounded):
+        raise ValueError(f"{name} must be finite in float32 ({why}), got {value}")
+    if positive and rounded <= 0:
+        raise ValueError(f"{name} must be positive in float32 ({why}), got {value}")
+
+
 @dataclass(frozen=True)
 class AionConfig:
     """Validated constructor arguments shared by every adapter.
@@ -25,15 +50,19 @@ class AionConfig:
     Parameters
     ----------
     alpha0 : float
-        Initial value of the trainable base scale; must be positive (> 0).
+        Initial value of the trainable base scale; must be positive (> 0), also once
+        rounded to float32 (the parameter's dtype): ``1e-300`` and ``1e300`` are refused.
     beta : float
-        Initial value of the trainable adaptation strength; must be non-negative (>= 0).
+        Initial value of the trainable adaptation strength; must be non-negative (>= 0)
+        and finite once rounded to float32.
     ema_gamma : float
         EMA factor of the running ratio, in [0, 1]; 1 means no smoothing.
     epsilon : float
-        Added to the input energy before dividing; must be positive (> 0).
+        Added to the input energy before dividing; must be positive (> 0), also once
+        rounded to float32 (it is added in float32 for all but float64 inputs).
     k_update : int
-        Recompute the ratio every ``k_update`` training steps; must be >= 1.
+        Recompute the ratio every ``k_update`` training steps; must be >= 1 and at most
+        ``2**31 - 1`` (the step counter is int32).
 
     Examples
     --------
@@ -45,6 +74,14 @@ class AionConfig:
     Traceback (most recent call last):
     ...
     ValueError: beta must be non-negative, got -1.0
+    >>> AionConfig(alpha0=1e-300)
+    Traceback (most recent call last):
+    ...
+    ValueError: alpha0 must be positive in float32 (its storage dtype), got 1e-300
+    >>> AionConfig(k_update=2**31)
+    Traceback (most recent call last):
+    ...
+    ValueError: k_update must be <= 2147483647 (the step counter is int32), got 2147483648
     """
 
     alpha0: float = 0.1
@@ -66,10 +103,17 @@ class AionConfig:
             raise ValueError(f"ema_gamma must be in [0, 1], got {gamma}")
         if epsilon <= 0:
             raise ValueError(f"epsilon must be positive, got {epsilon}")
+        # The values must survive the dtype they are held or used in (spec section 2).
+        _in_float32("alpha0", alpha0, "its storage dtype", positive=True)
+        _in_float32("beta", beta, "its storage dtype", positive=False)
+        _in_float32("epsilon", epsilon, "it is added to float32 energies", positive=True)
         if isinstance(self.k_update, bool) or not isinstance(self.k_update, Integral):
             raise TypeError(f"k_update must be an int, got {type(self.k_update).__name__}")
         if self.k_update < 1:
             raise ValueError(f"k_update must be >= 1, got {self.k_update}")
+        if self.k_update > K_UPDATE_MAX:
+            raise ValueError(f"k_update must be <= {K_UPDATE_MAX} (the step counter is int32), "
+                             f"got {self.k_update}")
         for name, value in (("alpha0", alpha0), ("beta", beta), ("ema_gamma", gamma),
                             ("epsilon", epsilon), ("k_update", int(self.k_update))):
             object.__setattr__(self, name, value)

@@ -37,37 +37,72 @@ DEFAULTS = {"nonfinite_count": STATE_SPEC["nonfinite_count"][2]}
 def entry(name: str, value, key: str | None = None) -> np.ndarray:
     """``value`` as the 0-d numpy array of entry ``name`` in its portable dtype.
 
+    ``value`` must be a real number: a bool, an integer or a float of any width (it must
+    cast to float64 without loss of kind); the messages name ``key``, the full key, if given.
+
     Raises
     ------
+    TypeError
+        ``value`` is complex or not numeric (a string, an object, a date).
     ValueError
-        ``value`` is not 0-d (the message names ``key``, the full key, if given).
+        ``value`` is not 0-d.
+
+    Examples
+    --------
+    >>> entry("step_count", 3.0)
+    array(3, dtype=int32)
+    >>> entry("ratio_ema", 1 + 2j, key="blocks.0.aion.ratio_ema")
+    Traceback (most recent call last):
+    ...
+    TypeError: checkpoint entry 'blocks.0.aion.ratio_ema' must be a real number, got complex128
+    >>> entry("beta", [0.1, 0.2])
+    Traceback (most recent call last):
+    ...
+    ValueError: checkpoint entry 'beta' must be 0-d, got shape (2,)
     """
     array = np.asarray(value)
+    if not np.can_cast(array.dtype, np.float64):  # complex, str, object, datetime, raw bytes
+        raise TypeError(f"checkpoint entry {key or name!r} must be a real number, got {array.dtype}")
     if array.shape != ():
         raise ValueError(f"checkpoint entry {key or name!r} must be 0-d, got shape {array.shape}")
     return array.astype(ENTRY_DTYPES[name])
 
 
-def layer_entries(entries: Mapping) -> dict[str, np.ndarray]:
+def layer_entries(entries: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
     """One layer's entries as loaders must read them: all five, 0-d, in portable dtypes.
 
     Ignored entries are dropped and defaults filled in; an unknown or missing entry raises.
+    Every entry is validated and converted before this returns, so a loader that writes
+    only what this returned writes all of a layer or nothing. ``prefix`` (the layer's
+    path and a dot, ``"blocks.0.aion."``) is put before the names in the messages.
 
     Raises
     ------
     KeyError
         A required entry is missing.
+    TypeError
+        An entry is complex or not numeric.
     ValueError
         An entry is unknown or not 0-d.
+
+    Examples
+    --------
+    >>> sorted(layer_entries({"alpha0": 0.1, "beta": 0.05, "ratio_ema": 2.0, "step_count": 4,
+    ...                       "alpha_cached": 0.09}).items())[-1]  # aion-torch 1.0.2's layout
+    ('step_count', array(4, dtype=int32))
+    >>> layer_entries({"alpha0": 0.1, "ratio_ema": 2.0, "step_count": 4}, prefix="aion.")
+    Traceback (most recent call last):
+    ...
+    KeyError: "checkpoint has no entry 'aion.beta'"
     """
-    unknown = sorted(set(entries) - set(ENTRY_DTYPES) - set(IGNORED_ENTRIES))
+    unknown = sorted(prefix + k for k in set(entries) - set(ENTRY_DTYPES) - set(IGNORED_ENTRIES))
     if unknown:
         raise ValueError(f"unknown checkpoint entries {unknown}")
     merged = {**DEFAULTS, **{k: v for k, v in entries.items() if k not in IGNORED_ENTRIES}}
     missing = [name for name in ENTRY_DTYPES if name not in merged]
     if missing:
-        raise KeyError(f"checkpoint has no entry {missing[0]!r}")
-    return {name: entry(name, merged[name]) for name in ENTRY_DTYPES}
+        raise KeyError(f"checkpoint has no entry {prefix + missing[0]!r}")
+    return {name: entry(name, merged[name], key=prefix + name) for name in ENTRY_DTYPES}
 
 
 def state_to_dict(state: AionState) -> dict[str, np.ndarray]:

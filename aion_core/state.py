@@ -20,7 +20,8 @@ class AionState(NamedTuple):
     step_count
         Training forwards taken (update steps and others alike).
     nonfinite_count
-        Update steps whose batch ratio was NaN or infinite and so left ``ratio_ema`` as it was.
+        Update steps whose batch ratio was NaN or infinite once rounded to float32 (the
+        dtype of ``ratio_ema``) and so left ``ratio_ema`` as it was.
     """
 
     ratio_ema: object

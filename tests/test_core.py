@@ -81,6 +81,45 @@ def test_nonfinite_batch_leaves_ratio_and_counts():
     assert float(stats["alpha"]) == pytest.approx(0.1 / (1 + 0.05 * 1.0), rel=1e-6)
 
 
+def test_float64_ratio_beyond_float32_is_guarded():
+    # r ~ 1e208: finite in float64, inf once stored in float32. Unguarded, ratio_ema became
+    # inf, and with ema_gamma 0 the next step stored 0 * inf = NaN.
+    cfg = core.AionConfig(ema_gamma=0.0)
+    state = core.initial_state(np)
+    x, y = np.full((2, 4), 1e-100), np.full((2, 4), 1e100)
+    with np.errstate(over="ignore"):
+        _, state, stats = core.train_step(x, y, None, np.float32(0.1), np.float32(0.05), state, cfg, xp=np)
+    assert float(stats["ratio"]) == pytest.approx(1e208)
+    assert float(state.ratio_ema) == 1.0 and int(state.nonfinite_count) == 1
+    assert float(stats["alpha"]) == pytest.approx(0.1 / 1.05, rel=1e-6)
+    _, state, _ = core.train_step(np.ones((2, 4)), np.ones((2, 4)), None, np.float32(0.1),
+                                  np.float32(0.05), state, cfg, xp=np)
+    assert float(state.ratio_ema) == pytest.approx(1.0, rel=1e-6) and int(state.nonfinite_count) == 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_ema_of_finite_float32_values_is_a_finite_float32(dtype):
+    """The comment of the guard in aion_core.step: its worst case, for many gammas.
+
+    ratio_ema is the largest float32; r is the largest value of the accumulation dtype
+    whose float32 rounding is finite (float32: the largest float32; float64: just below
+    2**128 - 2**103). r reaches the EMA through the replica_mean hook.
+    """
+    big = np.finfo(np.float32).max
+    r = np.float32(big) if dtype == "float32" else np.nextafter(2.0**128 - 2.0**103, 0.0)
+    assert np.isfinite(np.float32(r)) and (dtype == "float32" or r > big)
+    state = core.AionState(np.asarray(big, np.float32), np.asarray(0, np.int32), np.asarray(0, np.int32))
+    x = np.ones((1, 2), dtype)
+    rng = np.random.default_rng(0)
+    gammas = np.concatenate([rng.uniform(0, 1, 3000), 1 - rng.uniform(0, 1e-3, 500), rng.uniform(0, 1e-6, 500),
+                             2.0 ** -np.arange(1, 60), 1 - 2.0 ** -np.arange(1, 54)])
+    for gamma in gammas:
+        cfg = core.AionConfig(ema_gamma=float(gamma))
+        _, new, _ = core.train_step(x, x, None, np.float32(0.1), np.float32(0.05), state, cfg, xp=np,
+                                    replica_mean=lambda _: np.asarray(r, dtype))
+        assert np.isfinite(new.ratio_ema) and int(new.nonfinite_count) == 0, gamma
+
+
 def test_float16_energy_does_not_overflow():
     x = np.full((2, 8), 300.0, np.float16)  # x*x = 90000 > float16 max 65504
     e = core.energy(np, x)

@@ -16,7 +16,8 @@ import numpy as np
 from flax import nnx
 
 import aion_core as core
-from aion_core.portable import ENTRY_DTYPES, PARAM_NAMES, entry, load_npz, save_npz
+from aion_core.portable import (ENTRY_DTYPES, IGNORED_ENTRIES, PARAM_NAMES, layer_entries, load_npz,
+                                save_npz)
 from aion_flax.linen import STATS_COLLECTION
 from aion_flax.nnx import AionResidual
 
@@ -30,15 +31,27 @@ def _explode(prefix: tuple, name: str, value, out: dict) -> None:
         out[".".join(str(p) for p in (*prefix, *index, name))] = np.asarray(value[index])
 
 
-def _gather(prefix: tuple, name: str, shape: tuple, flat: Mapping, used: set) -> np.ndarray:
-    value = np.empty(shape, ENTRY_DTYPES[name])
+def _read_layer(path: tuple, shapes: Mapping[str, tuple], flat: Mapping, used: set) -> dict[str, jnp.ndarray]:
+    """The entries of the AionResidual at ``path`` (of a stacked one: one layer per index),
+    read by :func:`aion_core.portable.layer_entries` and converted; nothing is written here.
+
+    ``shapes`` maps each entry name to the shape of the layer's variable.
+    """
+    shape = shapes["ratio_ema"]
+    if any(s != shape for s in shapes.values()):
+        raise ValueError(f"AionResidual at {'.'.join(map(str, path))!r} has entries of different "
+                         f"shapes {dict(shapes)}")
+    values = {name: np.empty(shape, dtype) for name, dtype in ENTRY_DTYPES.items()}
     for index in np.ndindex(shape):
-        key = ".".join(str(p) for p in (*prefix, *index, name))
-        if key not in flat:
-            raise KeyError(f"checkpoint has no entry {key!r}")
-        value[index] = entry(name, flat[key], key=key)
-        used.add(key)
-    return value
+        prefix = "".join(f"{p}." for p in (*path, *index))
+        present = {name: flat[prefix + name] for name in (*ENTRY_DTYPES, *IGNORED_ENTRIES)
+                   if prefix + name in flat}
+        used.update(prefix + name for name in present)
+        # A default fills a missing nonfinite_count, alpha_cached is dropped, and anything
+        # missing, not 0-d, complex or not numeric raises, naming the full key.
+        for name, value in layer_entries(present, prefix).items():
+            values[name][index] = value
+    return {name: jnp.asarray(value) for name, value in values.items()}
 
 
 def _check_all_used(flat: Mapping, used: set) -> None:
@@ -101,37 +114,52 @@ def to_portable(model_or_variables) -> dict[str, np.ndarray]:
 def nnx_from_portable(model, flat: Mapping) -> None:
     """Write a portable dict into an NNX model in place (every entry must be used).
 
+    The whole dict is validated and converted first; ``model`` is written only when all of
+    it is valid, so a failed load leaves ``model`` as it was. As spec section 9 asks, a
+    missing ``nonfinite_count`` loads as 0 and ``alpha_cached`` (aion-torch 1.0.2) is ignored.
+
     Raises
     ------
     KeyError
         An AION layer of ``model`` has no entry in ``flat``.
+    TypeError
+        An entry is complex or not numeric.
     ValueError
         An entry is not 0-d, or matches no layer of ``model``.
     """
     used: set = set()
+    reads = []
     for path, layer in _nnx_layers(model):
-        for name in ENTRY_DTYPES:
-            variable = getattr(layer, name)
-            value = _gather(path, name, tuple(variable[...].shape), flat, used)
-            variable[...] = jnp.asarray(value)
+        shapes = {name: tuple(getattr(layer, name)[...].shape) for name in ENTRY_DTYPES}
+        reads.append((layer, _read_layer(path, shapes, flat, used)))
     _check_all_used(flat, used)
+    for layer, values in reads:  # all valid: now write
+        for name, value in values.items():
+            getattr(layer, name)[...] = value
 
 
 def linen_from_portable(variables: Mapping, flat: Mapping) -> dict:
     """Linen ``variables`` with the AION entries replaced from a portable dict (a new dict).
 
+    ``variables`` itself is never changed; entries are read as by :func:`nnx_from_portable`.
+
     Raises
     ------
-    KeyError, ValueError
+    KeyError, TypeError, ValueError
         As :func:`nnx_from_portable`.
     """
-    new = {col: _copy(tree) for col, tree in variables.items()}
+    stats, params = variables[STATS_COLLECTION], variables["params"]
     used: set = set()
-    for path in list(_linen_layers(new[STATS_COLLECTION])):
-        for name in ENTRY_DTYPES:
-            holder = _at(new["params"] if name in PARAM_NAMES else new[STATS_COLLECTION], path)
-            holder[name] = jnp.asarray(_gather(path, name, tuple(np.shape(holder[name])), flat, used))
+    reads = []
+    for path in list(_linen_layers(stats)):
+        shapes = {name: tuple(np.shape(_at(params if name in PARAM_NAMES else stats, path)[name]))
+                  for name in ENTRY_DTYPES}
+        reads.append((path, _read_layer(path, shapes, flat, used)))
     _check_all_used(flat, used)
+    new = {col: _copy(tree) for col, tree in variables.items()}
+    for path, values in reads:
+        for name, value in values.items():
+            _at(new["params"] if name in PARAM_NAMES else new[STATS_COLLECTION], path)[name] = value
     return new
 
 

@@ -14,6 +14,12 @@ def _detach(t: torch.Tensor) -> torch.Tensor:
     return t.detach()
 
 
+def _version(t: torch.Tensor) -> int | None:
+    # The host-side counter torch bumps on every in-place write of ``t``; an inference
+    # tensor (made under torch.inference_mode) has none.
+    return None if t.is_inference() else t._version
+
+
 class AionResidual(nn.Module):
     """Adaptive residual ``out = x + alpha * y``; alpha shrinks as the smoothed energy ratio grows.
 
@@ -34,6 +40,16 @@ class AionResidual(nn.Module):
     Buffers: ``ratio_ema`` (float32), ``step_count`` and ``nonfinite_count`` (int32).
     ``forward`` never reads a value on the host; ``return_stats=True`` returns 0-d tensors.
     Under ``torch.distributed`` the batch ratio is averaged over ranks.
+
+    With ``k_update > 1`` the layer keeps the schedule's phase (``step_count % k_update``) on
+    the host, so choosing the step needs no sync. A ``step_count`` written from outside (an
+    in-place op such as ``fill_`` or ``copy_``, a new buffer, ``load_state_dict``, a move to
+    another device) is noticed from the buffer's version counter and read once, on the next
+    training forward. Not noticed: writes that bypass the version counter (through
+    ``.data`` or a numpy view), and writes to a module running under ``torch.compile``,
+    whose compiled code does not check (the counter is not a graph value): after writing
+    ``step_count`` of a compiled module, load it with ``load_state_dict`` (which reads the
+    phase at once, outside the graph) or run one training forward of the uncompiled module.
     ``alpha_cached`` (read-only) is the eval alpha, as aion-torch 1.0.2 users log it.
 
     Examples
@@ -56,6 +72,9 @@ class AionResidual(nn.Module):
         # Host-side phase of the k_update schedule, so choosing the branch needs no sync.
         # It takes k values only: under torch.compile at most k_update graphs.
         self._phase = 0
+        # The step_count buffer the phase belongs to and its version after the layer's own
+        # last write: any other buffer or version means step_count was written from outside.
+        self._phase_mark = (self.step_count, _version(self.step_count))
         self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
         self.register_load_state_dict_post_hook(AionResidual._resync_phase)
 
@@ -92,6 +111,9 @@ class AionResidual(nn.Module):
         # forward updates the buffer in place.
         state = aion_core.AionState(self.ratio_ema.clone(), self.step_count, self.nonfinite_count)
         if self.training:
+            k_update = self.config.k_update
+            if k_update > 1:
+                self._check_phase()
             out, new, stats = aion_core.train_step(
                 x, y, x_norm, self.alpha0, self.beta, state, self.config, xp=xp,
                 update=self._phase == 0, replica_mean=replica_mean_or_none(), stop_gradient=_detach)
@@ -99,8 +121,10 @@ class AionResidual(nn.Module):
                 self.ratio_ema.copy_(new.ratio_ema)
                 self.step_count.copy_(new.step_count)
                 self.nonfinite_count.copy_(new.nonfinite_count)
-            if self.config.k_update > 1:
-                self._phase = (self._phase + 1) % self.config.k_update
+            if k_update > 1:
+                self._phase = (self._phase + 1) % k_update
+                if not torch.compiler.is_compiling():
+                    self._phase_mark = (self.step_count, _version(self.step_count))
         else:
             out, stats = aion_core.eval_step(x, y, self.alpha0, self.beta, state, x_norm=x_norm,
                                              xp=xp, stop_gradient=_detach)
@@ -109,16 +133,35 @@ class AionResidual(nn.Module):
     def _upgrade_state_dict(self, state_dict, prefix, *args, **kwargs):
         # aion-torch 1.0.2 checkpoints (spec section 9): alpha_cached is derived state here
         # (eval alpha is recomputed from alpha0, beta and ratio_ema), nonfinite_count is new.
+        # A complex entry is refused before any of this layer's entries is written (torch
+        # would keep its real part); other checks (missing, unexpected, shape) are torch's.
+        for name in aion_core.portable.ENTRY_DTYPES:
+            value = state_dict.get(prefix + name)
+            if isinstance(value, torch.Tensor) and value.is_complex():
+                raise TypeError(f"checkpoint entry {prefix + name!r} must be a real number, got {value.dtype}")
         for name in aion_core.portable.IGNORED_ENTRIES:
             state_dict.pop(prefix + name, None)
         for name, value in aion_core.portable.DEFAULTS.items():
             state_dict.setdefault(prefix + name, torch.tensor(value))
         for name, (dtype, _, _) in aion_core.STATE_SPEC.items():
-            if prefix + name in state_dict:
+            if isinstance(state_dict.get(prefix + name), torch.Tensor):
                 state_dict[prefix + name] = state_dict[prefix + name].to(getattr(torch, dtype))
 
+    def _check_phase(self) -> None:
+        # Reads only host-side counters; the device only after an outside write. Not traced
+        # by torch.compile (the version is not a graph value): see the class notes.
+        if torch.compiler.is_compiling():
+            return
+        buffer, version = self._phase_mark
+        if buffer is not self.step_count or version is None or version != _version(self.step_count):
+            self._resync_phase(None)
+
     def _resync_phase(self, incompatible_keys):
-        self._phase = int(self.step_count) % self.config.k_update  # one sync, at load time
+        # One sync: at load time (a post-hook, so a compiled module also sees it) or after
+        # an outside write. A meta tensor holds no value to read: the phase stays.
+        if self.config.k_update > 1 and self.step_count.device.type != "meta":
+            self._phase = int(self.step_count) % self.config.k_update
+        self._phase_mark = (self.step_count, _version(self.step_count))
 
     def extra_repr(self) -> str:
         # The constructor's values (the current parameters are self.alpha0, self.beta):

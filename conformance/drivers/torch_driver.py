@@ -27,10 +27,12 @@ class TorchDriver(BuiltinDriver):
             layer.beta.fill_(beta)
 
     def set_state(self, layer, state):
-        # Through load_state_dict, as a user restores a layer (it resets the k_update phase).
-        entries = core.portable.state_entries(state)
-        layer.load_state_dict({"alpha0": layer.alpha0.detach(), "beta": layer.beta.detach(),
-                               **{k: torch.from_numpy(v) for k, v in entries.items()}})
+        # Written into the buffers by hand, as a user may do: the layer must follow a
+        # step_count it did not write (the k_update schedule). load_state_dict is tested
+        # in tests/torch.
+        with torch.no_grad():
+            for name, value in core.portable.state_entries(state).items():
+                getattr(layer, name).copy_(torch.from_numpy(value))
 
     def get_state(self, layer):
         return {name: getattr(layer, name).item() for name in core.STATE_SPEC}

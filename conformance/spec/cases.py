@@ -19,11 +19,12 @@ def _layer_norm(x):
     return (x - mu) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
 
 
-def _calls(rng, dtype, shape, modes, *, x_norm=True, scale=1.0, params=None, nan_at=None):
+def _calls(rng, dtype, shape, modes, *, x_norm=True, scale=1.0, params=None, nan_at=None, scales=None):
     calls = []
     for i, mode in enumerate(modes):
-        x = round_to(rng.standard_normal(shape) * scale, dtype)
-        y = round_to(rng.standard_normal(shape) * scale * rng.uniform(0.3, 3.0), dtype)
+        x_scale, y_scale = scales[i] if scales else (scale, scale)
+        x = round_to(rng.standard_normal(shape) * x_scale, dtype)
+        y = round_to(rng.standard_normal(shape) * y_scale * rng.uniform(0.3, 3.0), dtype)
         if nan_at == i:
             y.reshape(-1)[1] = np.nan
         xn = round_to(_layer_norm(x), dtype) if x_norm else None
@@ -54,6 +55,11 @@ def vector_cases() -> list[dict]:
         ("large_rms_f16", "float16", {}, (2, 16), [T, T, E], {"scale": 300.0}),
         ("basic_bf16", "bfloat16", {}, (2, 4, 16), [T, T, E], {}),
         ("nonfinite_f32", "float32", {}, (2, 8), [T, T, T, E], {"nan_at": 1}),
+        # A float64 ratio of ~1e68: finite in float64, inf once rounded to float32 (the
+        # state's dtype), so guarded; with ema_gamma 0 an unguarded inf would turn into NaN
+        # on the next step. Gradients stay within float32 (alpha0's is ~1e30).
+        ("f64_beyond_float32", "float64", {"ema_gamma": 0.0}, (2, 6), [T, T, E],
+         {"x_norm": False, "scales": [(1e-30, 1e30), (1.0, 1.0), (1.0, 1.0)]}),
     ]
     cases = [{"name": name, "dtype": dtype, "config": config, "state": dict(fresh),
               "calls": _calls(rng, dtype, shape, modes, **kw)}
@@ -62,6 +68,13 @@ def vector_cases() -> list[dict]:
              "x": np.zeros((2, 8)), "y": np.zeros((2, 8)), "x_norm": None, "cotangent": np.ones((2, 8))}
     cases.append({"name": "all_zero_f16", "dtype": "float16", "config": {}, "state": dict(fresh),
                   "calls": [zeros, dict(zeros, mode=E)]})
+    # A layer resumed mid-schedule: step_count 5 with k_update 3 makes the first call a hold
+    # step (5 % 3 != 0), then update (6), hold, hold. An adapter that tracks the schedule
+    # itself must follow a step_count that was set from outside.
+    cases.append({"name": "k_update3_resumed_f32", "dtype": "float32", "config": {"k_update": 3},
+                  "state": {"ratio_ema": 1.75, "step_count": 5, "nonfinite_count": 2},
+                  "calls": _calls(rng, "float32", (2, 6), [T, T, T, T, E],
+                                  params=[(0.1, 0.05), (0.12, 0.3), (0.14, 0.2), (0.16, 0.1), (0.18, 0.4)])})
     return cases
 
 
@@ -73,6 +86,15 @@ CONFIG_ERRORS = [
     ({"ema_gamma": -0.1}, "ValueError"), ({"epsilon": 0.0}, "ValueError"),
     ({"k_update": 0}, "ValueError"), ({"k_update": 1.5}, "TypeError"),
     ({"alpha0": "0.1"}, "TypeError"),
+    # Beyond the storage dtypes: the step counter is int32, the parameters float32, and
+    # epsilon is added in float32 to float32 energies.
+    ({"k_update": 2**31}, "ValueError"), ({"k_update": 2**32 + 1}, "ValueError"),
+    ({"alpha0": 1e300}, "ValueError"), ({"alpha0": 1e-300}, "ValueError"),
+    ({"beta": 1e300}, "ValueError"), ({"epsilon": 1e-300}, "ValueError"),
+    ({"epsilon": 1e300}, "ValueError"),
+    # bool is an int in Python, but not a hyper-parameter value; nor is an integral float.
+    ({"alpha0": True}, "TypeError"), ({"ema_gamma": False}, "TypeError"),
+    ({"k_update": True}, "TypeError"), ({"k_update": 2.0}, "TypeError"),
 ]
 
 

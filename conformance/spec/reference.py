@@ -43,7 +43,10 @@ def _grads(config, a0, b, st, update, x, y, x_norm, g):
     ex = np.mean(x_ref * x_ref, axis=-1, keepdims=True)
     ey = np.mean(y * y, axis=-1, keepdims=True)
     r = float(np.mean(ey / (ex + config.epsilon)))
-    live = update and np.isfinite(r)  # does this batch's ratio carry gradient?
+    # Does this batch's ratio carry gradient? Only if it is finite once rounded to the
+    # state's dtype, float32 (spec section 5): a float64 ratio beyond float32 is guarded.
+    with np.errstate(over="ignore"):
+        live = update and bool(np.isfinite(np.float32(r)))
     gamma = config.ema_gamma
     if live:
         s = r if gamma == 1.0 else gamma * ema + (1.0 - gamma) * r

@@ -98,6 +98,97 @@ def test_loading_refuses_missing_and_unknown_entries():
         nnx_from_portable(_Net(0), {**flat, "blocks.7.aion.beta": np.float32(1.0)})
 
 
+def _shifted(flat):
+    """``flat`` with every AION value changed (so that a write would show)."""
+    return {key: (value + 3 + i).astype(value.dtype) for i, (key, value) in enumerate(sorted(flat.items()))}
+
+
+def _source():
+    return _shifted(to_portable(_Net(0)))
+
+
+#: A fault in the last layer (``last`` is its key prefix: a loader meets it after the others),
+#: the error it raises and the key its message names.
+_BAD = {
+    "missing entry": (lambda f, last: {k: v for k, v in f.items() if k != last + "beta"}, KeyError, "beta"),
+    "extra entry": (lambda f, last: {**f, "blocks.7.aion.beta": np.float32(1.0)}, ValueError, None),
+    "not 0-d": (lambda f, last: {**f, last + "ratio_ema": np.ones(2, np.float32)}, ValueError, "ratio_ema"),
+    "complex": (lambda f, last: {**f, last + "ratio_ema": np.asarray(2 + 1j)}, TypeError, "ratio_ema"),
+    "string": (lambda f, last: {**f, last + "step_count": np.asarray("3")}, TypeError, "step_count"),
+}
+
+
+def _assert_same(after, before):
+    assert sorted(after) == sorted(before)
+    for k, v in before.items():
+        np.testing.assert_array_equal(after[k], v, err_msg=k)
+
+
+@pytest.mark.parametrize("fault", list(_BAD))
+def test_a_failed_nnx_load_changes_nothing(fault):
+    corrupt, error, name = _BAD[fault]
+    model = _Net(0)
+    before = to_portable(model)
+    with pytest.raises(error, match=f"blocks.1.aion.{name}" if name else "blocks.7.aion.beta"):
+        nnx_from_portable(model, corrupt(_source(), "blocks.1.aion."))
+    _assert_same(to_portable(model), before)
+
+
+class _LinenNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, deterministic):
+        for i in range(2):
+            x = aion_linen.AionBlock(nn.Dense(DIM), name=f"blocks_{i}")(x, deterministic=deterministic)
+        return x
+
+
+@pytest.mark.parametrize("fault", list(_BAD))
+def test_a_failed_linen_load_raises_and_changes_nothing(fault):
+    corrupt, error, name = _BAD[fault]
+    variables = _LinenNet().init(jax.random.key(0), X, deterministic=True)
+    before = to_portable(variables)
+    with pytest.raises(error, match=f"blocks_1.aion.{name}" if name else "blocks.7.aion.beta"):
+        linen_from_portable(variables, corrupt(_shifted(before), "blocks_1.aion."))
+    _assert_same(to_portable(variables), before)
+
+
+def test_an_aion_torch_1_0_2_checkpoint_loads():
+    """Spec section 9: no nonfinite_count (it starts at 0), alpha_cached ignored."""
+    flat = {k: v for k, v in _source().items() if not k.endswith("nonfinite_count")}
+    flat["blocks.0.aion.alpha_cached"] = np.float32(0.09)
+    model = _Net(0)
+    model.blocks[1].aion.nonfinite_count[...] = jnp.asarray(5, jnp.int32)
+    nnx_from_portable(model, flat)
+    got = to_portable(model)
+    for key, value in flat.items():
+        if not key.endswith("alpha_cached"):
+            np.testing.assert_array_equal(got[key], value, err_msg=key)
+    assert [int(got[f"blocks.{i}.aion.nonfinite_count"]) for i in range(2)] == [0, 0]
+
+    module = aion_linen.AionResidual()
+    variables = module.init(jax.random.key(0), X, X, deterministic=True)
+    restored = linen_from_portable(variables, {"alpha0": 0.2, "beta": 0.3, "ratio_ema": 1.5, "step_count": 7,
+                                               "alpha_cached": 0.1})
+    assert float(restored["aion_stats"]["ratio_ema"]) == 1.5 and int(restored["aion_stats"]["step_count"]) == 7
+    assert int(restored["aion_stats"]["nonfinite_count"]) == 0
+
+
+def test_stacked_layers_load_defaults_per_layer_or_nothing():
+    @nnx.vmap(in_axes=0, out_axes=0)
+    def make(seed):
+        return aion_flax.AionResidual(beta=0.5)
+    flat = to_portable(make(jnp.arange(3)))
+    flat.update({f"{i}.ratio_ema": np.float32(i + 1.5) for i in range(3)})
+    stack = make(jnp.arange(3))
+    stack.nonfinite_count[...] = jnp.asarray([4, 5, 6], jnp.int32)
+    nnx_from_portable(stack, {k: v for k, v in flat.items() if k != "1.nonfinite_count"})
+    np.testing.assert_array_equal(stack.nonfinite_count[...], [0, 0, 0])
+    np.testing.assert_array_equal(stack.ratio_ema[...], [1.5, 2.5, 3.5])
+    with pytest.raises(TypeError, match="2.ratio_ema"):
+        nnx_from_portable(stack, {**flat, "0.ratio_ema": np.float32(9.0), "2.ratio_ema": np.asarray(1j)})
+    np.testing.assert_array_equal(stack.ratio_ema[...], [1.5, 2.5, 3.5])
+
+
 def test_linen_round_trip_and_resume(tmp_path):
     module = aion_linen.AionBlock(nn.Dense(DIM), beta=0.5, k_update=2)
     variables = module.init(jax.random.key(0), X, deterministic=True)

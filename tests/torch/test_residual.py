@@ -47,6 +47,52 @@ def test_k_update_uses_stored_ratio_between_updates():
     assert int(m.step_count) == 6
 
 
+def _by_hand(kind, value):
+    """A way to write step_count from outside the layer: (description, m -> None)."""
+    def write(m):
+        if kind == "fill_":
+            m.step_count.fill_(value)
+        elif kind == "copy_":
+            with torch.no_grad():
+                m.step_count.copy_(torch.tensor(value))
+        elif kind == "new buffer":
+            m.step_count = torch.tensor(value, dtype=torch.int32)
+        else:
+            m.load_state_dict({**m.state_dict(), "step_count": torch.tensor(value)})
+    return write
+
+
+def test_step_count_written_by_hand_moves_the_k_update_schedule():
+    """After step_count is written from outside, the next training step follows it
+    (update iff step_count % k_update == 0), as aion_core on numpy (the reference) does."""
+    from aion_conformance.spec.reference import reference_call
+
+    torch.manual_seed(0)
+    config = aion_core.AionConfig(k_update=3)
+    m = AionResidual(k_update=3)
+    a0, b = float(m.alpha0.detach()), float(m.beta.detach())
+    ref = {"ratio_ema": 1.0, "step_count": 0, "nonfinite_count": 0}
+    # Before step i, write step_count = value; each write changes the phase the layer had.
+    writes = {1: ("fill_", 3), 3: ("copy_", 8), 4: ("new buffer", 4), 6: ("load_state_dict", 9),
+              8: ("fill_", 2), 9: ("fill_", 2)}
+    kinds = []
+    for i in range(11):
+        if i in writes:
+            kind, value = writes[i]
+            _by_hand(kind, value)(m)
+            ref["step_count"] = value
+        x, y = torch.randn(4, 8), (1 + i) * torch.randn(4, 8)
+        update = ref["step_count"] % 3 == 0
+        kinds.append("U" if update else "h")
+        _, stats = m(x, y, return_stats=True)
+        want, ref = reference_call(config, a0, b, ref, "train", x.double().numpy(), y.double().numpy())
+        for k, v in want["stats"].items():
+            assert float(stats[k]) == pytest.approx(v, rel=1e-6), (i, k)
+        got = {k: getattr(m, k).item() for k in aion_core.STATE_SPEC}
+        assert got == pytest.approx(ref, rel=1e-6), i
+    assert "".join(kinds) == "UUhhhhUhhhU"  # an untouched layer: UhhUhhUhhUh
+
+
 def test_nan_batch_is_guarded_and_counted():
     m = AionResidual()
     m(torch.randn(2, 8), torch.randn(2, 8))
@@ -210,3 +256,17 @@ def test_public_functions_have_return_annotations():
 
     for fn in (AionResidual.forward, AionBlock.forward, compute_alpha, energy):
         assert inspect.signature(fn).return_annotation is not inspect.Signature.empty, fn
+
+
+@pytest.mark.parametrize("name", ["alpha0", "ratio_ema"])
+def test_a_complex_checkpoint_entry_is_refused_and_nothing_is_written(name):
+    """Spec section 9: torch would keep the real part; the layer refuses it first."""
+    m = AionResidual(k_update=2)
+    before = _state(m)
+    new = {k: v + 1 for k, v in before.items()}
+    with pytest.raises(TypeError, match=f"'aion.{name}'"):
+        AionBlock(torch.nn.Identity(), 4).load_state_dict(
+            {f"aion.{k}": v for k, v in {**new, name: torch.tensor(2 + 1j)}.items()}, strict=False)
+    with pytest.raises(TypeError, match=f"'{name}'"):
+        m.load_state_dict({**new, name: torch.tensor(2 + 1j)})
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
