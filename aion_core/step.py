@@ -23,7 +23,7 @@ def _acc(xp, x, y, x_norm):
     return accumulation_dtype(xp, *(t.dtype for t in (x, y, x_norm) if t is not None))
 
 
-def _alpha(xp, alpha0, beta, ratio):
+def alpha_from_ratio(xp, alpha0, beta, ratio):
     # Scalars are computed in the accumulation dtype (float32, or float64 for float64 inputs).
     return compute_alpha(xp.astype(alpha0, ratio.dtype, copy=False),
                          xp.astype(beta, ratio.dtype, copy=False), ratio)
@@ -110,7 +110,7 @@ def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig,
         r_s = xp.astype(ema, _acc(xp, x, y, x_norm), copy=False)
         new_ema = ema
         ratio_stat = r_s  # in the accumulation dtype, like the batch ratio of update steps
-    alpha = _alpha(xp, alpha0, beta, r_s)
+    alpha = alpha_from_ratio(xp, alpha0, beta, r_s)
     out = _residual(xp, x, y, alpha)
     new_state = AionState(new_ema, state.step_count + 1, nonfinite)
     stats = {"alpha": sg(alpha), "ratio": sg(ratio_stat), "ratio_ema": new_ema}
@@ -128,6 +128,6 @@ def eval_step(x, y, alpha0, beta, state: AionState, *, x_norm=None, xp=None,
     check_inputs(xp, x, y, x_norm)
     ema = (stop_gradient or _identity)(state.ratio_ema)
     ratio = xp.astype(ema, _acc(xp, x, y, x_norm), copy=False)
-    alpha = _alpha(xp, alpha0, beta, ratio)
+    alpha = alpha_from_ratio(xp, alpha0, beta, ratio)
     out = _residual(xp, x, y, alpha)
     return out, {"alpha": (stop_gradient or _identity)(alpha), "ratio": ratio, "ratio_ema": ema}

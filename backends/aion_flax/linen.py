@@ -21,7 +21,21 @@ from aion_flax.functional import aion_apply
 STATS_COLLECTION = "aion_stats"
 
 
-class AionResidual(nn.Module):
+class _Validated:
+    """The ``config`` property of both modules; the hyper-parameters are checked when built."""
+
+    def __post_init__(self) -> None:
+        _ = self.config  # refuse bad hyper-parameters when the module is built
+        super().__post_init__()
+
+    @property
+    def config(self) -> core.AionConfig:
+        """The validated :class:`aion_core.AionConfig` of this module."""
+        return core.AionConfig(alpha0=self.alpha0, beta=self.beta, ema_gamma=self.ema_gamma,
+                               epsilon=self.epsilon, k_update=self.k_update)
+
+
+class AionResidual(_Validated, nn.Module):
     """Adaptive residual ``out = x + alpha * y`` (Linen).
 
     Attributes
@@ -54,16 +68,6 @@ class AionResidual(nn.Module):
     axis_name: Any = None
     deterministic: bool | None = None
 
-    def __post_init__(self) -> None:
-        _ = self.config  # refuse bad hyper-parameters when the module is built
-        super().__post_init__()
-
-    @property
-    def config(self) -> core.AionConfig:
-        """The validated :class:`aion_core.AionConfig` of this module."""
-        return core.AionConfig(alpha0=self.alpha0, beta=self.beta, ema_gamma=self.ema_gamma,
-                               epsilon=self.epsilon, k_update=self.k_update)
-
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array, x_norm: jax.Array | None = None, *,
                  deterministic: bool | None = None,
@@ -86,7 +90,7 @@ class AionResidual(nn.Module):
         return (out, stats) if return_stats else out
 
 
-class AionBlock(nn.Module):
+class AionBlock(_Validated, nn.Module):
     """Pre-norm residual block: ``AionResidual(x, layer(LayerNorm(x)), x_norm=LayerNorm(x))``.
 
     Attributes
@@ -117,16 +121,6 @@ class AionBlock(nn.Module):
     k_update: int = 1
     axis_name: Any = None
     deterministic: bool | None = None
-
-    def __post_init__(self) -> None:
-        _ = self.config  # refuse bad hyper-parameters when the module is built
-        super().__post_init__()
-
-    @property
-    def config(self) -> core.AionConfig:
-        """The validated :class:`aion_core.AionConfig` of the block's :class:`AionResidual`."""
-        return core.AionConfig(alpha0=self.alpha0, beta=self.beta, ema_gamma=self.ema_gamma,
-                               epsilon=self.epsilon, k_update=self.k_update)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool | None = None,

@@ -22,7 +22,7 @@ def energy(t: torch.Tensor, dim: int = -1, keepdim: bool = True) -> torch.Tensor
 
 
 def compute_alpha(alpha0: torch.Tensor, beta: torch.Tensor, ratio_s: torch.Tensor) -> torch.Tensor:
-    """aion-torch's ``compute_alpha``: ``alpha0 / (1 + beta * ratio_s)``, by :func:`aion_core.compute_alpha`.
+    """aion-torch's ``compute_alpha``: the adaptive scale, by :func:`aion_core.compute_alpha`.
 
     Tensors broadcast and keep their dtype; Python floats work too (and give a float).
 

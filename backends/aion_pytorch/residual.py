@@ -57,7 +57,7 @@ class AionResidual(nn.Module):
     >>> layer = AionResidual(alpha0=0.2, beta=0.1)
     >>> layer
     AionResidual(alpha0=0.2, beta=0.1, ema_gamma=0.99, epsilon=1e-08, k_update=1)
-    >>> layer.alpha_cached  # alpha0 / (1 + beta * ratio_ema), ratio_ema = 1.0 when fresh
+    >>> layer.alpha_cached  # the eval alpha; ratio_ema = 1.0 when fresh
     tensor(0.1818)
     """
 
@@ -92,7 +92,7 @@ class AionResidual(nn.Module):
 
     @property
     def alpha_cached(self) -> torch.Tensor:
-        """The eval alpha, ``alpha0 / (1 + beta * ratio_ema)``: a new detached 0-d float32 tensor.
+        """The eval alpha from the current parameters and ``ratio_ema``: a new detached 0-d float32 tensor.
 
         aion-torch 1.0.2 kept it as a buffer holding the alpha of the last training forward;
         here it is computed on the layer's device from the current parameters and the
@@ -101,8 +101,8 @@ class AionResidual(nn.Module):
         writing to the returned tensor does not change the layer.
         """
         with torch.no_grad():
-            return aion_core.compute_alpha(self.alpha0.detach().float(), self.beta.detach().float(),
-                                           self.ratio_ema.float())
+            return aion_core.step.alpha_from_ratio(xp, self.alpha0.detach(), self.beta.detach(),
+                                                   self.ratio_ema)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, x_norm: torch.Tensor | None = None,
                 return_stats: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
