@@ -19,7 +19,7 @@ adapter hands in a ``keras.ops``-backed one).
 __version__ = "0.1.0"  # the one version: pyproject.toml and every package read it here
 
 from aion_core.config import AionConfig
-from aion_core.errors import check_inputs
+from aion_core.errors import block_input_error, check_inputs, input_error
 from aion_core import portable
 from aion_core.math import batch_ratio, compute_alpha, energy
 from aion_core.state import STATE_SPEC, AionState, initial_state
@@ -30,11 +30,13 @@ __all__ = [
     "AionConfig",
     "AionState",
     "batch_ratio",
+    "block_input_error",
     "check_inputs",
     "compute_alpha",
     "energy",
     "eval_step",
     "initial_state",
+    "input_error",
     "is_update_step",
     "portable",
     "train_step",

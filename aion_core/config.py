@@ -41,6 +41,21 @@ def _in_float32(name: str, value: float, why: str, positive: bool) -> None:
         raise ValueError(f"{name} must be positive in float32 ({why}), got {value}")
 
 
+def check_dim(dim) -> int:
+    """An ``AionBlock``'s feature width: an int (numpy integers too, not bool) >= 1.
+
+    >>> check_dim(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: dim must be >= 1, got 0
+    """
+    if isinstance(dim, bool) or not isinstance(dim, Integral):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    return int(dim)
+
+
 @dataclass(frozen=True)
 class AionConfig:
     """Validated constructor arguments shared by every adapter.

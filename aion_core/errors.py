@@ -32,15 +32,54 @@ def check_inputs(xp, x, y, x_norm=None) -> None:
     ...
     ValueError: Input tensor x cannot be empty, got shape (0, 3)
     """
+    error = input_error(xp, x, y, x_norm)
+    if error is not None:
+        raise error
+
+
+def input_error(xp, x, y, x_norm=None) -> TypeError | ValueError | None:
+    """The error :func:`check_inputs` raises, returned instead of raised (None if the inputs are fine).
+
+    For adapters that must not raise while a compiler traces them (``torch.compile``
+    with ``fullgraph=True`` refuses any exception met during tracing). When several
+    checks fail, the first in this order wins: dtypes (``x``, ``y``, ``x_norm``), then
+    for each argument in that order a missing last axis, no elements, a shape that differs from ``x``.
+    """
     named = [("x", x), ("y", y)] + ([("x_norm", x_norm)] if x_norm is not None else [])
     for name, t in named:
         if not xp.isdtype(t.dtype, "real floating"):
-            raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
+            return TypeError(f"{name} must have a floating dtype, got {t.dtype}")
     shape = tuple(x.shape)
     for name, t in named:
         if len(t.shape) == 0:
-            raise ValueError(f"{name} must have at least one axis (the feature axis), got a scalar")
+            return ValueError(f"{name} must have at least one axis (the feature axis), got a scalar")
         if any(d == 0 for d in t.shape):
-            raise ValueError(f"Input tensor {name} cannot be empty, got shape {tuple(t.shape)}")
+            return ValueError(f"Input tensor {name} cannot be empty, got shape {tuple(t.shape)}")
         if name != "x" and tuple(t.shape) != shape:
-            raise ValueError(f"Input shapes must match: {name}.shape {tuple(t.shape)} != x.shape {shape}")
+            return ValueError(f"Input shapes must match: {name}.shape {tuple(t.shape)} != x.shape {shape}")
+    return None
+
+
+def block_input_error(xp, x, dim: int) -> TypeError | ValueError | None:
+    """What an ``AionBlock`` refuses before its ``LayerNorm``: a non-floating, 0-d or wrong-width ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> block_input_error(np, np.ones((2, 3)), 4)
+    ValueError('x.shape[-1] must equal dim=4, got shape (2, 3)')
+    >>> block_input_error(np, np.ones((2, 4)), 4) is None
+    True
+    """
+    if not xp.isdtype(x.dtype, "real floating"):
+        return TypeError(f"x must have a floating dtype, got {x.dtype}")
+    return block_shape_error(tuple(x.shape), dim)
+
+
+def block_shape_error(shape: tuple, dim: int) -> ValueError | None:
+    """The shape part of :func:`block_input_error`, for frameworks that build from shapes (Keras)."""
+    if len(shape) == 0:
+        return ValueError("x must have at least one axis (the feature axis), got a scalar")
+    if shape[-1] != dim:
+        return ValueError(f"x.shape[-1] must equal dim={dim}, got shape {shape}")
+    return None

@@ -29,16 +29,53 @@ def alpha_from_ratio(xp, alpha0, beta, ratio):
                          xp.astype(beta, ratio.dtype, copy=False), ratio)
 
 
+def output_dtype(xp, x_dtype, y_dtype):
+    """The promoted floating dtype of ``x`` and ``y``: the output's dtype.
+
+    Written out rather than ``xp.result_type``, which torch answers with a host-side
+    ``torch.result_type`` call that ``torch.compile(fullgraph=True)`` cannot trace.
+    float16 with bfloat16 gives float32 (no 16-bit dtype holds both), as in torch and JAX.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> output_dtype(np, np.float16, np.float32)
+    <class 'numpy.float32'>
+    """
+    if x_dtype == y_dtype:
+        return x_dtype
+    if xp.float64 in (x_dtype, y_dtype):
+        return xp.float64
+    return xp.float32
+
+
 def _residual(xp, x, y, alpha):
     # float32/float64 inputs: the multiply-add runs in their dtype (as aion-torch 1.0.2).
     # float16/bfloat16: it runs in alpha's dtype (float32) and is rounded once at the end,
     # so alpha's gradient, sum(dout * y), is not summed in 16 bits either.
-    out_dtype = xp.result_type(x.dtype, y.dtype)
+    out_dtype = output_dtype(xp, x.dtype, y.dtype)
     if out_dtype == alpha.dtype or out_dtype == xp.float64:
         return x + xp.astype(alpha, out_dtype, copy=False) * y
     acc = alpha.dtype
     out = xp.astype(x, acc, copy=False) + alpha * xp.astype(y, acc, copy=False)
     return xp.astype(out, out_dtype, copy=False)
+
+
+def smoothed_ratio(xp, r, ema, gamma: float, stop_gradient=_identity):
+    """The update step's guard and EMA (spec section 5): ``(finite, r_s, new ratio_ema)``.
+
+    ``finite`` tells whether ``r`` is finite once rounded to ``ema``'s dtype; ``r_s`` is in
+    ``r``'s dtype and carries ``r``'s gradient, scaled by ``1 - gamma`` (1 when ``gamma = 1``),
+    except where ``r`` is not finite.
+    """
+    finite = xp.isfinite(xp.astype(r, ema.dtype, copy=False))
+    # A non-finite ratio is replaced before any arithmetic, so neither the state
+    # nor the gradient ever sees it: the step falls back to the stored ratio.
+    ema_acc = xp.astype(ema, r.dtype, copy=False)
+    r_safe = xp.where(finite, r, ema_acc)
+    r_s = r_safe if gamma == 1.0 else gamma * ema_acc + (1.0 - gamma) * r_safe
+    new_ema = xp.where(finite, xp.astype(stop_gradient(r_s), ema.dtype, copy=False), ema)
+    return finite, r_s, new_ema
 
 
 def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig, *,
@@ -96,14 +133,7 @@ def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig,
         # over float32's overflow threshold: the worst case (ema the largest float32, r
         # the largest float64 that still rounds to it) rounds to the largest float32 for
         # every gamma (tests/test_core.py sweeps it).
-        finite = xp.isfinite(xp.astype(r, ema.dtype, copy=False))
-        # A non-finite ratio is replaced before any arithmetic, so neither the state
-        # nor the gradient ever sees it: the step falls back to the stored ratio.
-        r_safe = xp.where(finite, r, xp.astype(ema, r.dtype, copy=False))
-        gamma = config.ema_gamma
-        ema_acc = xp.astype(ema, r.dtype, copy=False)
-        r_s = r_safe if gamma == 1.0 else gamma * ema_acc + (1.0 - gamma) * r_safe
-        new_ema = xp.where(finite, xp.astype(sg(r_s), ema.dtype, copy=False), ema)
+        finite, r_s, new_ema = smoothed_ratio(xp, r, ema, config.ema_gamma, sg)
         nonfinite = nonfinite + xp.astype(xp.logical_not(finite), nonfinite.dtype, copy=False)
         ratio_stat = r
     else:

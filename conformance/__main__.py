@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from aion_conformance import registry
+from aion_conformance.registry import DEVICE_ENV
 from aion_conformance.report import write_report
 
 
@@ -63,9 +65,15 @@ def main(argv=None) -> int:
                    help="an outside driver to run as well (repeatable)")
     p.add_argument("--out", type=Path, default=Path("reports"), help="report folder")
     p.add_argument("--no-bench", action="store_true", help="skip the throughput benchmark")
-    p.add_argument("--bench-steps", type=int, default=10, help="timed steps per variant (default 10)")
-    p.add_argument("--bench-widths", type=int, nargs="+", default=[64, 128, 512])
+    p.add_argument("--bench-seconds", type=float, default=5.0,
+                   help="timing budget per backend and width (default 5; `nox -s bench` is the long run)")
+    p.add_argument("--bench-widths", type=int, nargs="+", default=[128])
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="torch executions on the CPU, on CUDA (required then), or both when CUDA is "
+                        f"present (auto, the default; or ${DEVICE_ENV})")
     args = p.parse_args(argv)
+    if args.device:
+        os.environ[DEVICE_ENV] = args.device  # read in each backend's process
     try:
         selected = _select(args.only, args.driver)
     except ValueError as e:
@@ -85,11 +93,13 @@ def main(argv=None) -> int:
         from aion_conformance.bench import timing
 
         print(f"throughput: {', '.join(with_bench)} ...", flush=True)
-        rows = timing.run_benchmarks(with_bench, args.bench_widths, args.bench_steps, 3, 8, 128)
+        rows = timing.run_benchmarks(with_bench, args.bench_widths, args.bench_seconds, 3, 8, 128,
+                                     variants=("plain", "aion"))
         (args.out / "bench.json").write_text(json.dumps(rows, indent=1))
         timing.plot(rows, args.out / "bench.png")
-        extra += ["", f"Throughput (B=8, T=128, 4 pre-norm FF blocks, AdamW; {args.bench_steps} interleaved "
-                  "rounds; ratio: median of the per-round ratios to the plain residual ± half their IQR)",
+        extra += ["", f"Throughput (B=8, T=128, 4 pre-norm FF blocks, AdamW; interleaved rounds for "
+                  f"{args.bench_seconds:g} s per row; ratio: median of the per-round ratios to the plain "
+                  "residual ± half their IQR; `nox -s bench` for all variants, torch.compile and longer runs)",
                   "", *timing.table(rows)]
     return 0 if write_report(runs, args.out, extra=extra) and ok else 1
 

@@ -23,14 +23,17 @@ from pathlib import Path
 from typing import Any
 
 _PKG = "aion_conformance"
+#: Where the suite runs torch: "auto" (CPU, and CUDA too when present), "cpu" or "cuda".
+#: An environment variable, so that every backend process sees it (``--device`` sets it).
+DEVICE_ENV = "AION_CONFORMANCE_DEVICE"
 
 
 @dataclass(frozen=True)
 class Backend:
     """One implementation the suite knows by name.
 
-    ``driver``, ``trajectory`` and ``bench`` are ``"module:attribute"`` targets, imported
-    only in the backend's own process; None where the backend has no such part.
+    ``driver``, ``trajectory``, ``bench`` and ``stability`` are ``"module:attribute"`` targets,
+    imported only in the backend's own process; None where the backend has no such part.
     """
 
     name: str
@@ -38,21 +41,25 @@ class Backend:
     env: dict[str, str] = field(default_factory=dict)
     trajectory: str | None = None  # (problem, steps) -> {"loss", "alpha", "checkpoint"}
     bench: str | None = None  # (width, variant, batch, seq) -> (step, device)
+    stability: str | None = None  # (seed, depth, variant, steps, record_scale) -> {"loss", ...}
 
 
 def _keras(backend: str) -> Backend:
     return Backend(f"keras-{backend}", f"{_PKG}.drivers.keras_driver:KerasDriver", {"KERAS_BACKEND": backend},
-                   f"{_PKG}.trajectory.keras_model:run", f"{_PKG}.bench.models:keras_step")
+                   f"{_PKG}.trajectory.keras_model:run", f"{_PKG}.bench.models:keras_step",
+                   f"{_PKG}.stability.keras_model:run")
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("numpy", f"{_PKG}.drivers.reference_driver:ReferenceDriver"),
     Backend("array-api-strict", f"{_PKG}.drivers.array_api_strict_driver:ArrayApiStrictDriver"),
     Backend("torch", f"{_PKG}.drivers.torch_driver:TorchDriver", {},
-            f"{_PKG}.trajectory.torch_model:run", f"{_PKG}.bench.models:torch_step"),
+            f"{_PKG}.trajectory.torch_model:run", f"{_PKG}.bench.models:torch_step",
+            f"{_PKG}.stability.torch_model:run"),
     _keras("tensorflow"), _keras("jax"), _keras("torch"),
     Backend("flax-nnx", f"{_PKG}.drivers.flax_driver:NnxDriver", {},
-            f"{_PKG}.trajectory.flax_model:run_nnx", f"{_PKG}.bench.models:flax_nnx_step"),
+            f"{_PKG}.trajectory.flax_model:run_nnx", f"{_PKG}.bench.models:flax_nnx_step",
+            f"{_PKG}.stability.flax_model:run"),
     Backend("flax-linen", f"{_PKG}.drivers.flax_driver:LinenDriver", {},
             f"{_PKG}.trajectory.flax_model:run_linen", f"{_PKG}.bench.models:flax_linen_step"),
 )}

@@ -8,6 +8,7 @@ import os
 import platform
 from pathlib import Path
 
+from aion_conformance.drivers.protocol import FLOAT_DTYPES
 from aion_conformance.original import CHECK
 
 
@@ -39,6 +40,46 @@ def _per_dtype(run: dict) -> dict:
             d = out.setdefault(r["dtype"], [0.0, 0.0])
             d[0], d[1] = max(d[0], r["max_abs"]), max(d[1], r["max_rel"])
     return out
+
+
+#: The columns of the execution matrix: the parts of a vector check (see ``CheckResult.parts``).
+PARTS = ("train fwd", "train bwd", "eval fwd", "eval bwd")
+
+
+def matrix(runs: list[dict]) -> list[str]:
+    """The execution matrix: per driver, execution and case dtype, the worst relative error of
+    each part (train/eval x forward/backward) over the vectors run, and the call-error cases."""
+    lines = ["| driver | execution | dtype | " + " | ".join(PARTS) + " | call errors |",
+             "|---|---|---|" + "---|" * (len(PARTS) + 1)]
+    for run in runs:
+        by_execution: dict[str, list[dict]] = {}
+        for r in run.get("results", []):
+            if r["check"] in ("vector", "call_error"):
+                by_execution.setdefault(r.get("execution", "default"), []).append(r)
+        for execution, results in by_execution.items():
+            errors = [r for r in results if r["check"] == "call_error"]
+            failed = sum(r["status"] == "fail" for r in errors)
+            error_cell = "-" if not errors else f"**{failed} FAIL**" if failed else f"{len(errors)} pass"
+            not_run = [m for r in results if r["status"] == "skip" for m in r["messages"] if m.startswith("not run")]
+            if not_run and all(r["status"] == "skip" for r in results):
+                lines.append(f"| {run['driver']} | {execution} | all | " + " | ".join([not_run[0]] * len(PARTS))
+                             + f" | {not_run[0] if errors else '-'} |")
+                continue
+            vectors = [r for r in results if r["check"] == "vector" and r["status"] != "skip"]
+            for dtype in sorted({r["dtype"] for r in vectors}, key=FLOAT_DTYPES.index):
+                cells = [_part_cell([r for r in vectors if r["dtype"] == dtype], part) for part in PARTS]
+                lines.append(f"| {run['driver']} | {execution} | {dtype} | " + " | ".join(cells) + f" | {error_cell} |")
+                error_cell = ""
+    return lines
+
+
+def _part_cell(vectors: list[dict], part: str) -> str:
+    seen = [r["parts"][part] for r in vectors if part in r.get("parts", {})]
+    if not seen:
+        return "-"
+    worst = max(max_rel for max_rel, _ in seen)
+    failures = sum(f for _, f in seen)
+    return f"**FAIL** ({failures})" if failures else f"pass {worst:.1e}"
 
 
 def write_report(runs: list[dict], outdir: Path, extra: list[str] = ()) -> bool:
@@ -76,9 +117,13 @@ def write_report(runs: list[dict], outdir: Path, extra: list[str] = ()) -> bool:
             f"Device: {platform.machine()} CPU, {os.cpu_count()} cores; GPU: {_gpu()}; "
             f"Python {platform.python_version()}",
             "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), ""]
+    grid = ["", "## Execution matrix", "",
+            "Worst relative error against the float64 reference over the vectors each execution runs "
+            "(forward: output, stats, state; backward: gradients), at the tolerance of each case's dtype.",
+            ""] + matrix(runs)
     tail = ([""] + ["Failures:"] + [f"- {f}" for f in failures] if failures else []) + [""] + list(extra)
-    md = "\n".join(head + lines + tail) + "\n"
-    print("\n".join(lines))
+    md = "\n".join(head + lines + grid + tail) + "\n"
+    print("\n".join(lines + grid))
     if failures:
         print("\nFailures:\n" + "\n".join(f"- {f}" for f in failures))
     print("\n" + "\n".join(extra))

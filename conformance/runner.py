@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict
 
-from aion_conformance.drivers.protocol import ERROR_CLASSES, CheckResult, extra_checks, has_grads
+from aion_conformance.drivers.protocol import (DEFAULT_EXECUTION, ERROR_CLASSES, CheckResult, Execution,
+                                               executions, extra_checks, has_grads)
 from aion_conformance.spec.cases import CONFIG_ERRORS, call_error_cases
-from aion_conformance.spec.golden import load_all
+from aion_conformance.spec.golden import load_all, recast_case
 from aion_conformance.spec.tolerance import RTOL, compare
 from aion_core import STATE_SPEC
 
@@ -19,11 +20,29 @@ _FLOAT32_QUANTITIES = ("grad.alpha0", "grad.beta")
 _COUNTERS = [name for name, (dtype, _, _) in STATE_SPEC.items() if dtype.startswith("int")]
 
 
-def run_vector(driver, case: dict) -> CheckResult:
-    res = CheckResult(driver.name, "vector", case["name"], case["dtype"], "pass")
+def run_vector(driver, case: dict, execution: Execution = DEFAULT_EXECUTION) -> CheckResult:
+    """One golden-vector case under one execution: outputs, stats, state and gradients."""
+    res = CheckResult(driver.name, "vector", case["name"], case["dtype"], "pass", execution=execution.name)
     if case["dtype"] not in driver.dtypes:
         res.status, res.messages = "skip", [f"{driver.name} does not support {case['dtype']}"]
         return res
+    if execution.unavailable:
+        res.status, res.messages = "skip", [f"not run ({execution.unavailable})"]
+        return res
+    if execution.compute_dtype not in (None, case["dtype"]):
+        case = recast_case(case, execution.compute_dtype)
+    try:
+        _check_calls(driver, case, res)
+    except Exception as e:  # noqa: BLE001 - a driver that cannot run a cell fails it, the others still run
+        res.messages.append(f"raised {type(e).__name__}: {str(e)[:300]}")
+        for part in res.parts.values() or [res.parts.setdefault("train fwd", [0.0, 0])]:
+            part[1] = part[1] or 1  # the parts reached fail with it
+    if res.messages:
+        res.status = "fail"
+    return res
+
+
+def _check_calls(driver, case: dict, res: CheckResult) -> None:
     rtol = RTOL[case["dtype"]]
     layer = driver.make(case["config"])
     driver.set_state(layer, case["state"])
@@ -43,17 +62,18 @@ def run_vector(driver, case: dict) -> CheckResult:
         if cot is not None and "grads" in want:
             pairs += [(f"grad.{k}", got["grads"].get(k), v) for k, v in want["grads"].items()]
         for name, g, w in pairs:
+            part = res.parts.setdefault(f"{call['mode']} {'bwd' if name.startswith('grad.') else 'fwd'}", [0.0, 0])
             if g is None:
                 res.messages.append(f"call {i}: {name} missing")
+                part[1] += 1
                 continue
             tol = max(rtol, RTOL["float32"]) if name in _FLOAT32_QUANTITIES else rtol
             ok, a, r, why = compare(g, w, tol)
             res.max_abs, res.max_rel = max(res.max_abs, a), max(res.max_rel, r)
+            part[0] = max(part[0], r)
             if not ok:
+                part[1] += 1
                 res.messages.append(f"call {i} ({call['mode']}): {name}: {why}")
-    if res.messages:
-        res.status = "fail"
-    return res
 
 
 def _expect_error(res: CheckResult, err_name: str, fn) -> bool:
@@ -68,15 +88,25 @@ def _expect_error(res: CheckResult, err_name: str, fn) -> bool:
     return False
 
 
-def run_errors(driver) -> list[CheckResult]:
+def run_config_errors(driver) -> list[CheckResult]:
     results = []
     for config, err in CONFIG_ERRORS:
         res = CheckResult(driver.name, "config_error", f"config {config}", "-", "pass")
         _expect_error(res, err, lambda: driver.make(config))
         res.status = "fail" if res.messages else "pass"
         results.append(res)
+    return results
+
+
+def run_call_errors(driver, execution: Execution = DEFAULT_EXECUTION) -> list[CheckResult]:
+    """Every call-error case: the spec's error class, and no state changed by the failed call."""
+    results = []
     for case in call_error_cases():
-        res = CheckResult(driver.name, "call_error", case["name"], case["dtype"], "pass")
+        res = CheckResult(driver.name, "call_error", case["name"], case["dtype"], "pass", execution=execution.name)
+        if execution.unavailable:
+            res.status, res.messages = "skip", [f"not run ({execution.unavailable})"]
+            results.append(res)
+            continue
         layer = driver.make(case["config"])
         driver.set_state(layer, _DIRTY_STATE)
         before = copy.deepcopy(driver.get_state(layer))
@@ -91,8 +121,17 @@ def run_errors(driver) -> list[CheckResult]:
 
 
 def run_driver(driver) -> list[CheckResult]:
-    """Every vector and error case against ``driver``, plus the driver's own ``extra_checks()``."""
-    return [run_vector(driver, c) for c in load_all()] + run_errors(driver) + extra_checks(driver)
+    """Every vector case under every execution of ``driver``, the error cases (the call errors
+    under each execution that asks for them), then the driver's own ``extra_checks()``."""
+    results = run_config_errors(driver)
+    cases = load_all()
+    for execution in executions(driver):
+        driver.execution = execution
+        results += [run_vector(driver, c, execution) for c in cases if c["dtype"] in execution.dtypes]
+        if execution.errors:
+            results += run_call_errors(driver, execution)
+    driver.execution = executions(driver)[0]
+    return results + extra_checks(driver)
 
 
 def run_spec(spec: str) -> dict:

@@ -2,6 +2,7 @@
 
 import inspect
 
+import numpy as np
 import pytest
 
 import aion_core as core
@@ -9,8 +10,9 @@ import aion_core as core
 COMMON = ["alpha0", "beta", "ema_gamma", "epsilon", "k_update"]
 DEFAULTS = core.AionConfig().to_dict()
 #: Keyword arguments of a framework's own convention, after the common ones.
-OWN = {"torch": set(), "keras": {"kwargs"}, "flax-nnx": {"axis_name", "deterministic", "rngs"},
-       "flax-linen": {"axis_name", "deterministic", "parent", "name"}}
+OWN = {"torch": set(), "keras": {"kwargs"},
+       "flax-nnx": {"axis_name", "deterministic", "dtype", "param_dtype", "rngs"},
+       "flax-linen": {"axis_name", "deterministic", "dtype", "param_dtype", "parent", "name"}}
 
 
 def _adapter(name):
@@ -90,3 +92,43 @@ def test_call_signatures_are_annotated(adapter, method):
         assert sig.return_annotation is not inspect.Signature.empty, (cls, method)
         assert all(p.annotation is not p.empty for p in sig.parameters.values()
                    if p.name != "self" and p.kind is not p.VAR_KEYWORD), (cls, method, sig)
+
+
+def _call_block(adapter, block, a):
+    """Run ``block`` on the numpy array ``a`` as the framework's array."""
+    if adapter == "torch":
+        import torch
+
+        return block(torch.from_numpy(np.asarray(a)))
+    if adapter == "keras":
+        return block(a)
+    import jax
+    import jax.numpy as jnp
+
+    if adapter == "flax-nnx":
+        return block(jnp.asarray(a))
+    return block.init(jax.random.key(0), jnp.asarray(a), deterministic=False)
+
+
+@pytest.mark.parametrize("adapter", list(OWN))
+@pytest.mark.parametrize("bad, error, message", [
+    (np.ones((2, 3), np.float32), ValueError, r"x.shape\[-1\] must equal dim=4, got shape \(2, 3\)"),
+    (np.ones((), np.float32), ValueError, "x must have at least one axis"),
+    (np.ones((2, 4), np.int32), TypeError, "x must have a floating dtype"),
+])
+def test_block_input_errors_are_the_same_everywhere(adapter, bad, error, message):
+    block = _adapter(adapter).AionBlock(_branch(adapter), 4)
+    with pytest.raises(error, match=message):
+        _call_block(adapter, block, bad)
+
+
+@pytest.mark.parametrize("adapter", list(OWN))
+@pytest.mark.parametrize("dim, error", [(0, ValueError), (True, TypeError), (4.0, TypeError)])
+def test_block_dim_is_validated_alike(adapter, dim, error):
+    with pytest.raises(error, match="dim must be"):
+        _adapter(adapter).AionBlock(_branch(adapter), dim)
+
+
+@pytest.mark.parametrize("adapter", list(OWN))
+def test_block_takes_a_numpy_integer_dim(adapter):
+    assert _adapter(adapter).AionBlock(_branch(adapter), np.int64(4)).config == core.AionConfig()

@@ -138,3 +138,173 @@ def test_float16_energy_does_not_overflow():
 def test_check_inputs_names_the_argument(bad, err):
     with pytest.raises(err, match="x|y|x_norm"):
         core.check_inputs(np, bad["x"], bad["y"], bad.get("x_norm"))
+
+
+# --- aion_core.fused: the closed-form gradient equals autodiff of train_step ----------------
+
+def _autodiff_step(cfg, state, update, x, y, x_norm, cotangent, replica_mean=None):
+    """train_step's output, state and gradients by torch autograd: the truth for the closed form."""
+    import array_api_compat.torch as txp
+    import torch
+
+    leaves = [t.clone().requires_grad_(True) for t in (x, y)]
+    xn = None if x_norm is None else x_norm.clone().requires_grad_(True)
+    a0, b = (torch.tensor(v, requires_grad=True) for v in (0.2, 0.3))
+    out, new, _ = core.train_step(*leaves, xn, a0, b, state, cfg, xp=txp, update=update,
+                                  replica_mean=replica_mean, stop_gradient=lambda t: t.detach())
+    inputs = [*leaves, *([xn] if xn is not None else []), a0, b]
+    grads = torch.autograd.grad(out, inputs, cotangent, allow_unused=True)  # x_norm: unused on hold steps
+    grads = list(grads[:2]) + ([grads[2]] if xn is not None else [None]) + list(grads[-2:])
+    return out.detach(), new, grads
+
+
+def _fused_step(cfg, state, update, x, y, x_norm, cotangent, replica_mean=None, vjp_replica_mean=None):
+    import array_api_compat.torch as txp
+    import torch
+
+    from aion_core import fused
+
+    a0, b = torch.tensor(0.2), torch.tensor(0.3)
+    out, new, stats, saved = fused.train_forward(x, y, x_norm, a0, b, state, cfg, xp=txp, update=update,
+                                                 replica_mean=replica_mean)
+    grads = fused.train_vjp(saved, cotangent, xp=txp, replica_mean=vjp_replica_mean or replica_mean)
+    return out, new, list(grads)
+
+
+def _assert_close_spec(got, want, rtol):
+    """Spec section 10: |got - want| <= rtol * (|want| + max|want|)."""
+    got, want = got.double(), want.double()
+    assert got.shape == want.shape
+    bound = rtol * (want.abs() + want.abs().max())
+    assert bool(((got - want).abs() <= bound).all()), float((got - want).abs().max())
+
+
+RTOL = {"float64": 1e-10, "float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
+
+
+@pytest.mark.parametrize("dtypes", [("float64",) * 3, ("float32",) * 3, ("float16",) * 3, ("bfloat16",) * 3,
+                                    ("float32", "float16", "float32"), ("float32", "float32", "float64")])
+@pytest.mark.parametrize("with_x_norm", [True, False])
+@pytest.mark.parametrize("ema_gamma,update", [(0.99, True), (1.0, True), (0.0, True), (0.9, False)])
+def test_closed_form_gradient_equals_autodiff(dtypes, with_x_norm, ema_gamma, update):
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x, y, xn, cot = (torch.randn(3, 5, 16, generator=gen, dtype=torch.float64) for _ in range(4))
+    x, y, xn = (t.to(getattr(torch, d)) for t, d in zip((x, y, xn), dtypes))
+    x_norm = xn if with_x_norm else None
+    cfg = core.AionConfig(alpha0=0.2, beta=0.3, ema_gamma=ema_gamma)
+    state = core.AionState(torch.tensor(1.7), torch.tensor(4, dtype=torch.int32), torch.tensor(0, dtype=torch.int32))
+    out_dtype = torch.promote_types(x.dtype, y.dtype)
+    cot = cot.to(out_dtype)
+    want_out, want_state, want_grads = _autodiff_step(cfg, state, update, x, y, x_norm, cot)
+    out, new, grads = _fused_step(cfg, state, update, x, y, x_norm, cot)
+    rtol = max(RTOL[d] for d in dtypes if d != "float64") if set(dtypes) != {"float64"} else RTOL["float64"]
+    assert out.dtype == want_out.dtype and torch.equal(out, want_out)
+    assert all(torch.equal(a, b) for a, b in zip(new, want_state))
+    for got, want, name in zip(grads, want_grads, ["x", "y", "x_norm", "alpha0", "beta"]):
+        if want is None:
+            assert got is None, name
+            continue
+        if name not in ("alpha0", "beta"):  # those are in the accumulation dtype
+            assert got.dtype == want.dtype, name
+        _assert_close_spec(got, want, max(rtol, 1e-5) if name in ("alpha0", "beta") else rtol)
+
+
+def test_closed_form_gradient_matches_finite_differences():
+    # Independent of any autodiff: central differences of train_step in float64.
+    from aion_core import fused
+
+    rng = np.random.default_rng(1)
+    x, y, xn, cot = (rng.standard_normal((2, 3, 4)) for _ in range(4))
+    cfg = core.AionConfig(alpha0=0.2, beta=0.3, ema_gamma=0.5)
+    state = core.AionState(np.asarray(1.3, np.float32), np.asarray(0, np.int32), np.asarray(0, np.int32))
+    args = {"x": x, "y": y, "x_norm": xn, "alpha0": np.asarray(0.2), "beta": np.asarray(0.3)}
+
+    def loss(a):
+        out, _, _ = core.train_step(a["x"], a["y"], a["x_norm"], a["alpha0"], a["beta"], state, cfg, xp=np)
+        return float(np.sum(out * cot))
+
+    _, _, _, saved = fused.train_forward(x, y, xn, args["alpha0"], args["beta"], state, cfg, xp=np)
+    grads = fused.train_vjp(saved, cot, xp=np)._asdict()
+    h = 1e-6
+    for name, value in args.items():
+        numeric = np.zeros(value.shape)
+        for i in np.ndindex(value.shape):
+            up, down = dict(args), dict(args)
+            up[name], down[name] = value.copy(), value.copy()
+            up[name][i] += h
+            down[name][i] -= h
+            numeric[i] = (loss(up) - loss(down)) / (2 * h)
+        np.testing.assert_allclose(grads[name], numeric, rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("nonfinite", ["y_inf", "ratio_beyond_float32"])
+def test_closed_form_guarded_step_takes_no_gradient_through_the_ratio(nonfinite):
+    import torch
+
+    if nonfinite == "y_inf":  # y's energy overflows float32: the ratio is inf, y itself finite
+        x, y = torch.ones(2, 4), torch.full((2, 4), 3e19)
+    else:  # finite in float64, beyond float32
+        x, y = torch.full((2, 4), 1e-100, dtype=torch.float64), torch.full((2, 4), 1e100, dtype=torch.float64)
+    cfg = core.AionConfig(alpha0=0.2, beta=0.3)
+    state = core.initial_state(torch)
+    cot = torch.ones_like(y)
+    out, new, grads = _fused_step(cfg, state, True, x, y, None, cot)
+    assert int(new.nonfinite_count) == 1 and float(new.ratio_ema) == 1.0
+    alpha = 0.2 / (1 + 0.3 * 1.0)
+    # No ratio term: dx = dout, dy = alpha * dout, all finite.
+    assert torch.equal(grads[0], cot.to(x.dtype))
+    torch.testing.assert_close(grads[1], torch.full_like(y, alpha), rtol=1e-6, atol=0)
+
+
+def test_closed_form_replica_mean_gradient_is_that_of_the_global_batch():
+    """Two replicas simulated in one process: each fused step equals autodiff of the global view."""
+    import array_api_compat.torch as txp
+    import torch
+
+    gen = torch.Generator().manual_seed(2)
+    data = [[torch.randn(4, 8, generator=gen, dtype=torch.float64) for _ in range(4)] for _ in range(2)]
+    cfg = core.AionConfig(alpha0=0.2, beta=0.3, ema_gamma=0.9)
+    state = core.initial_state(torch)
+    # Global view by autodiff: r = mean of the replicas' ratios; loss = sum over replicas.
+    leaves = [[t.clone().requires_grad_(True) for t in d[:3]] for d in data]
+    a0, b = (torch.tensor(v, requires_grad=True) for v in (0.2, 0.3))
+    ratios = [core.batch_ratio(txp, xn, y, cfg.epsilon) for _, y, xn in leaves]
+    mean_r = (ratios[0] + ratios[1]) / 2
+    loss = 0
+    for (x, y, xn), d in zip(leaves, data):
+        out, _, _ = core.train_step(x, y, xn, a0, b, state, cfg, xp=txp, replica_mean=lambda _: mean_r,
+                                    stop_gradient=lambda t: t.detach())
+        loss = loss + (out * d[3]).sum()
+    loss.backward()
+    # The fused replicas: forward with the mean ratio, backward with the mean of both ratio gradients.
+    local_d_r = []
+    for d in data:
+        _fused_step(cfg, state, True, *d[:3], d[3], replica_mean=lambda _: mean_r.detach(),
+                    vjp_replica_mean=lambda g: local_d_r.append(g) or g)
+    for (x, y, xn), d in zip(leaves, data):
+        out, _, grads = _fused_step(cfg, state, True, *d[:3], d[3], replica_mean=lambda _: mean_r.detach(),
+                                    vjp_replica_mean=lambda g: (local_d_r[0] + local_d_r[1]) / 2)
+        for got, want in zip(grads[:3], (x.grad, y.grad, xn.grad)):
+            _assert_close_spec(got, want, 1e-10)
+
+
+@pytest.mark.parametrize("name", NAMESPACES)
+def test_closed_form_runs_on_every_namespace(name, request):
+    from aion_core import fused
+
+    if name == "jax":
+        request.getfixturevalue("jax_x64")
+    xp, arr = _ns(name)
+    rng = np.random.default_rng(3)
+    x, y, xn, cot = (rng.standard_normal((3, 4, 8)) for _ in range(4))
+    cfg = core.AionConfig(alpha0=0.2, beta=0.3, ema_gamma=0.9)
+    results = []
+    for ns, to in ((xp, arr), (np, np.asarray)):
+        state = core.initial_state(ns, dtype=ns.float32)
+        out, _, _, saved = fused.train_forward(to(x), to(y), to(xn), to(np.float32(0.2)), to(np.float32(0.3)),
+                                               state, cfg, xp=ns)
+        results.append([np.asarray(out), *(np.asarray(g) for g in fused.train_vjp(saved, to(cot), xp=ns))])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

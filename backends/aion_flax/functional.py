@@ -35,6 +35,21 @@ def replica_mean_fn(axis_name):
     return lambda ratio: jax.lax.pmean(ratio, axis_name)
 
 
+def cast_floating(dtype, *arrays):
+    """``arrays`` with the floating ones cast to ``dtype`` (None: unchanged), as Flax modules
+    treat their ``dtype`` argument and Keras its compute dtype; others are left for the
+    input checks to refuse.
+
+    >>> import jax.numpy as jnp
+    >>> [a.dtype for a in cast_floating(jnp.bfloat16, jnp.ones(2), jnp.ones(2, jnp.int32))]
+    [dtype(bfloat16), dtype('int32')]
+    """
+    if dtype is None:
+        return arrays
+    return tuple(a.astype(dtype) if a is not None and jnp.issubdtype(a.dtype, jnp.floating) else a
+                 for a in arrays)
+
+
 def aion_apply(x, y, x_norm, alpha0, beta, state: core.AionState, config: core.AionConfig, *,
                train: bool, axis_name=None):
     """One AION forward through :mod:`aion_core`.

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 import aion_core as core
-from aion_flax.functional import aion_apply
+from aion_flax.functional import aion_apply, cast_floating
 
 #: Variable collection that holds the running state.
 STATS_COLLECTION = "aion_stats"
@@ -48,6 +48,9 @@ class AionResidual(_Validated, nn.Module):
     deterministic : bool or None
         True evaluates, False trains; give it here or at call time (not both),
         as for ``nn.Dropout``.
+    dtype : dtype or None
+        Computation dtype, as for Linen layers: floating inputs are cast to it. None: as
+        they come. The parameters and state stay float32/int32 (spec section 4a).
 
     Examples
     --------
@@ -67,6 +70,7 @@ class AionResidual(_Validated, nn.Module):
     k_update: int = 1
     axis_name: Any = None
     deterministic: bool | None = None
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array, x_norm: jax.Array | None = None, *,
@@ -74,6 +78,7 @@ class AionResidual(_Validated, nn.Module):
                  return_stats: bool = False) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """Combine ``x`` and ``y`` (see :class:`aion_flax.AionResidual` for arguments)."""
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        x, y, x_norm = cast_floating(self.dtype, x, y, x_norm)
         config = self.config
         alpha0 = self.param("alpha0", lambda _: jnp.asarray(config.alpha0, jnp.float32))
         beta = self.param("beta", lambda _: jnp.asarray(config.beta, jnp.float32))
@@ -100,8 +105,10 @@ class AionBlock(_Validated, nn.Module):
     dim : int or None
         Size of the feature (last) axis, as on the other adapters. Linen infers shapes from
         the input, so it may be left out; when given, an input of another size is refused.
-    alpha0, beta, ema_gamma, epsilon, k_update, axis_name, deterministic
-        As for :class:`AionResidual`.
+    alpha0, beta, ema_gamma, epsilon, k_update, axis_name, deterministic, dtype
+        As for :class:`AionResidual` (``dtype`` for the LayerNorm too).
+    param_dtype : dtype
+        The LayerNorm's parameter dtype (default float32); AION's own stay float32.
 
     Examples
     --------
@@ -121,17 +128,26 @@ class AionBlock(_Validated, nn.Module):
     k_update: int = 1
     axis_name: Any = None
     deterministic: bool | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        if self.dim is not None:
+            core.config.check_dim(self.dim)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool | None = None,
                  return_stats: bool = False) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """``x`` of shape ``(..., D)`` to the block output (and stats when asked)."""
-        if self.dim is not None and x.shape[-1] != self.dim:
-            raise ValueError(f"the last axis of x must have size dim={self.dim}, got shape {tuple(x.shape)}")
+        error = core.block_input_error(jnp, x, x.shape[-1] if self.dim is None and x.ndim else self.dim)
+        if error is not None:  # shapes and dtypes only: raised while tracing
+            raise error
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
         # Two-pass variance (as torch computes it), epsilon 1e-5 (spec).
-        x_norm = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name="norm")(x)
+        x_norm = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="norm")(x)
         aion = AionResidual(self.alpha0, self.beta, self.ema_gamma, self.epsilon, self.k_update,
-                            self.axis_name, name="aion")
+                            self.axis_name, dtype=self.dtype, name="aion")
         return aion(x, self.layer(x_norm), x_norm=x_norm, deterministic=deterministic,
                     return_stats=return_stats)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import aion_core as core
-from aion_flax.functional import aion_apply
+from aion_flax.functional import aion_apply, cast_floating
 
 
 class AionStat(nnx.Variable):
@@ -38,6 +38,10 @@ class AionResidual(nnx.Module):
     deterministic : bool
         Default mode: False trains (ratio measured, state advanced), True evaluates.
         Set by ``model.train()`` / ``model.eval()`` or overridden per call.
+    dtype : dtype or None
+        Computation dtype, as for Flax layers: floating inputs are cast to it (the output
+        then has it). None (default): inputs are used as they come. ``alpha0``, ``beta``
+        and the state stay float32/int32 whatever it is (spec section 4a).
 
     Examples
     --------
@@ -54,11 +58,12 @@ class AionResidual(nnx.Module):
 
     def __init__(self, alpha0: float = 0.1, beta: float = 0.05, ema_gamma: float = 0.99,
                  epsilon: float = 1e-8, k_update: int = 1, *, axis_name: str | None = None,
-                 deterministic: bool = False) -> None:
+                 deterministic: bool = False, dtype=None) -> None:
         self.config = core.AionConfig(alpha0=alpha0, beta=beta, ema_gamma=ema_gamma,
                                       epsilon=epsilon, k_update=k_update)
         self.axis_name = axis_name
         self.deterministic = deterministic
+        self.dtype = dtype
         self.alpha0 = nnx.Param(jnp.asarray(self.config.alpha0, jnp.float32))
         self.beta = nnx.Param(jnp.asarray(self.config.beta, jnp.float32))
         fresh = core.initial_state(jnp)
@@ -92,6 +97,7 @@ class AionResidual(nnx.Module):
         out : jax.Array, or ``(out, stats)`` when ``return_stats``.
         """
         deterministic = self.deterministic if deterministic is None else deterministic
+        x, y, x_norm = cast_floating(self.dtype, x, y, x_norm)
         out, new_state, stats = aion_apply(x, y, x_norm, self.alpha0[...], self.beta[...],
                                            self.state, self.config, train=not deterministic,
                                            axis_name=self.axis_name)
@@ -116,8 +122,10 @@ class AionBlock(nnx.Module):
         The branch, usually an ``nnx.Module`` mapping ``(..., dim)`` to ``(..., dim)``.
     dim : int
         Feature size (the LayerNorm's).
-    alpha0, beta, ema_gamma, epsilon, k_update, axis_name, deterministic
-        Passed to :class:`AionResidual`.
+    alpha0, beta, ema_gamma, epsilon, k_update, axis_name, deterministic, dtype
+        Passed to :class:`AionResidual` (``dtype`` to the LayerNorm too).
+    param_dtype : dtype
+        The LayerNorm's parameter dtype (default float32); AION's own stay float32.
     rngs : nnx.Rngs, optional
         For the LayerNorm (its initialisers are constant; ``nnx.Rngs(0)`` if omitted).
 
@@ -132,14 +140,15 @@ class AionBlock(nnx.Module):
 
     def __init__(self, layer, dim: int, alpha0: float = 0.1, beta: float = 0.05,
                  ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1, *,
-                 axis_name: str | None = None, deterministic: bool = False,
-                 rngs: nnx.Rngs | None = None) -> None:
+                 axis_name: str | None = None, deterministic: bool = False, dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs | None = None) -> None:
+        self.dim = core.config.check_dim(dim)
         # LayerNorm in the two-pass variance (as torch computes it), epsilon 1e-5 (spec).
-        self.norm = nnx.LayerNorm(dim, epsilon=1e-5, use_fast_variance=False,
-                                  rngs=rngs if rngs is not None else nnx.Rngs(0))
+        self.norm = nnx.LayerNorm(self.dim, epsilon=1e-5, use_fast_variance=False, dtype=dtype,
+                                  param_dtype=param_dtype, rngs=rngs if rngs is not None else nnx.Rngs(0))
         self.layer = layer
         self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, axis_name=axis_name,
-                                 deterministic=deterministic)
+                                 deterministic=deterministic, dtype=dtype)
 
     @property
     def config(self) -> core.AionConfig:
@@ -149,6 +158,9 @@ class AionBlock(nnx.Module):
     def __call__(self, x: jax.Array, *, deterministic: bool | None = None,
                  return_stats: bool = False) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """``x`` of shape ``(..., dim)`` to the block output (and stats, see AionResidual)."""
+        error = core.block_input_error(jnp, x, self.dim)
+        if error is not None:  # shapes and dtypes only: raised while tracing
+            raise error
         x_norm = self.norm(x)
         return self.aion(x, self.layer(x_norm), x_norm=x_norm, deterministic=deterministic,
                          return_stats=return_stats)

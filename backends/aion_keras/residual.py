@@ -139,6 +139,8 @@ class AionResidual(keras.layers.Layer):
         return out, aion_core.AionState(*new_state), stats
 
     def compute_output_spec(self, x, y, x_norm=None, training=None, return_stats=False):
+        # A functional model built from keras.Input checks here, not first in fit().
+        aion_core.check_inputs(xp, x, y, x_norm)
         out = keras.KerasTensor(x.shape, dtype=xp.result_type(x.dtype, y.dtype))
         if not return_stats:
             return out
@@ -170,19 +172,15 @@ class AionBlock(keras.layers.Layer):
     def __init__(self, layer: keras.layers.Layer, dim: int, alpha0: float = 0.1, beta: float = 0.05,
                  ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        self.dim = dim
+        self.dim = aion_core.config.check_dim(dim)
         self.norm = keras.layers.LayerNormalization(epsilon=1e-5, dtype=self.dtype_policy)
         self.layer = layer
         self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        if input_shape[-1] != self.dim:
-            raise ValueError(f"the last axis of the input must have size dim={self.dim}, "
-                             f"got shape {tuple(input_shape)}")
+        error = aion_core.errors.block_shape_error(tuple(input_shape), self.dim)
+        if error is not None:
+            raise error
         self.norm.build(input_shape)
         if not self.layer.built:
             self.layer.build(input_shape)
@@ -194,6 +192,9 @@ class AionBlock(keras.layers.Layer):
 
     def call(self, x: Tensor, training: bool | None = None,
              return_stats: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        error = aion_core.block_input_error(xp, x, self.dim)
+        if error is not None:  # shapes and dtypes only: raised while tracing
+            raise error
         x_norm = self.norm(x)
         # training reaches self.layer through Keras' call context (not every layer takes it).
         return self.aion(x, self.layer(x_norm), x_norm=x_norm, training=training,

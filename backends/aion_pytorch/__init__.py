@@ -9,7 +9,8 @@
 """
 
 from aion_core import __version__ as __version__
+from aion_pytorch.distributed import fsdp_ignored_params
 from aion_pytorch.functional import compute_alpha, energy
 from aion_pytorch.residual import AionBlock, AionResidual
 
-__all__ = ["AionBlock", "AionResidual", "compute_alpha", "energy"]
+__all__ = ["AionBlock", "AionResidual", "compute_alpha", "energy", "fsdp_ignored_params"]

@@ -7,11 +7,29 @@ import torch
 from torch import nn
 
 import aion_core
+from aion_pytorch import checks, fused
 from aion_pytorch.distributed import replica_mean_or_none
 
 
 def _detach(t: torch.Tensor) -> torch.Tensor:
     return t.detach()
+
+
+@torch.library.custom_op("aion_pytorch::snapshot", mutates_args=())
+def _snapshot(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` that the compiled backward cannot recompute from ``t`` itself.
+
+    Inductor's partitioner may recompute a cheap saved value in the backward instead of
+    saving it; recomputing ``clone(ratio_ema)`` there reads the buffer after the forward
+    has updated it in place (torch 2.13: beta's gradient off by ~1e-3 relative whenever the
+    batch ratio is also an output). It never recomputes a custom op, so this copy is saved.
+    """
+    return t.clone()
+
+
+@_snapshot.register_fake
+def _(t):
+    return torch.empty_like(t)
 
 
 def _version(t: torch.Tensor) -> int | None:
@@ -107,16 +125,24 @@ class AionResidual(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, x_norm: torch.Tensor | None = None,
                 return_stats: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``x + alpha * y``; with ``return_stats`` also ``{"alpha", "ratio", "ratio_ema"}`` tensors."""
-        # A clone: autograd may save the ratio (for beta's gradient), and a later training
-        # forward updates the buffer in place.
-        state = aion_core.AionState(self.ratio_ema.clone(), self.step_count, self.nonfinite_count)
+        stand_in = checks.check_inputs(x, y, x_norm)
+        if stand_in is not None:  # only while torch.compile traces bad input: it raises when run
+            return (stand_in, {}) if return_stats else stand_in
+        # A copy: autograd may save the ratio (for beta's gradient), and this or a later
+        # training forward updates the buffer in place.
+        ema = _snapshot(self.ratio_ema) if torch.compiler.is_compiling() else self.ratio_ema.clone()
+        state = aion_core.AionState(ema, self.step_count, self.nonfinite_count)
         if self.training:
             k_update = self.config.k_update
             if k_update > 1:
                 self._check_phase()
-            out, new, stats = aion_core.train_step(
-                x, y, x_norm, self.alpha0, self.beta, state, self.config, xp=xp,
-                update=self._phase == 0, replica_mean=replica_mean_or_none(), stop_gradient=_detach)
+            if torch.compiler.is_compiling():  # Inductor fuses train_step's ops itself
+                out, new, stats = aion_core.train_step(
+                    x, y, x_norm, self.alpha0, self.beta, state, self.config, xp=xp,
+                    update=self._phase == 0, replica_mean=replica_mean_or_none(), stop_gradient=_detach)
+            else:  # eager: one autograd node with the closed-form gradient
+                out, new, stats = fused.train_step(x, y, x_norm, self.alpha0, self.beta, state, self.config,
+                                                   update=self._phase == 0, replica_mean=replica_mean_or_none())
             with torch.no_grad():
                 self.ratio_ema.copy_(new.ratio_ema)
                 self.step_count.copy_(new.step_count)
@@ -129,6 +155,18 @@ class AionResidual(nn.Module):
             out, stats = aion_core.eval_step(x, y, self.alpha0, self.beta, state, x_norm=x_norm,
                                              xp=xp, stop_gradient=_detach)
         return (out, stats) if return_stats else out
+
+    def _apply(self, fn, recurse=True):
+        # .half(), .bfloat16(), .double() and .to(dtype) cast every floating tensor of a
+        # module; AION's own tensors keep their spec dtypes (float32 parameters and ratio,
+        # int32 counters), as Keras' mixed policies keep them: a float16 ratio_ema
+        # overflows to inf, and 0.1 is not a float16 number. A move to another device
+        # still applies, from the original values (no round trip through 16 bits).
+        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
+            moved = fn(t)
+            return moved if moved.dtype == t.dtype else t.to(device=moved.device)
+
+        return super()._apply(keep_dtype, recurse)
 
     def _upgrade_state_dict(self, state_dict, prefix, *args, **kwargs):
         # aion-torch 1.0.2 checkpoints (spec section 9): alpha_cached is derived state here
@@ -178,6 +216,7 @@ class AionBlock(nn.Module):
     def __init__(self, layer: nn.Module, dim: int, alpha0: float = 0.1, beta: float = 0.05,
                  ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1):
         super().__init__()
+        self.dim = aion_core.config.check_dim(dim)
         self.norm = nn.LayerNorm(dim)
         self.layer = layer
         self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update)
@@ -189,5 +228,8 @@ class AionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor,
                 return_stats: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        stand_in = checks.check_block_input(x, self.dim)
+        if stand_in is not None:  # only while torch.compile traces bad input: it raises when run
+            return (stand_in, {}) if return_stats else stand_in
         x_norm = self.norm(x)
         return self.aion(x, self.layer(x_norm), x_norm=x_norm, return_stats=return_stats)

@@ -28,14 +28,14 @@ def _aion_kwargs(variant):
     return {} if variant == "aion-torch-1.0.2" else {"k_update": _k(variant)}
 
 
-def torch_step(width: int, variant: str, batch: int, seq: int):
+def torch_model(width: int, variant: str, blocks: int = BLOCKS):
+    """The benchmark network on torch (seeded): ``blocks`` pre-norm feed-forward blocks."""
     import torch
 
     from aion_conformance import original
     from aion_pytorch import AionBlock
 
     block_cls = original.load().AionBlock if variant == "aion-torch-1.0.2" else AionBlock
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
 
     def ff():
@@ -50,19 +50,38 @@ def torch_step(width: int, variant: str, batch: int, seq: int):
         def forward(self, x):
             return x + self.layer(self.norm(x))
 
-    model = torch.nn.Sequential(*[PlainBlock() if variant == "plain" else
-                                  block_cls(ff(), width, **_aion_kwargs(variant)) for _ in range(BLOCKS)]).to(dev)
+    return torch.nn.Sequential(*[PlainBlock() if variant == "plain" else
+                                 block_cls(ff(), width, **_aion_kwargs(variant)) for _ in range(blocks)])
+
+
+def torch_step(width: int, variant: str, batch: int, seq: int, device: str = "auto", compiled: bool = False):
+    """``device``: ``cpu``, ``cuda`` or ``auto`` (CUDA when available). ``compiled``: the model
+    under ``torch.compile`` (forward and backward; the optimizer step stays eager)."""
+    import torch
+
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    model = torch_model(width, variant).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
+    forward = torch.compile(model) if compiled else model
     x, target = (torch.from_numpy(a).to(dev) for a in _data(batch, seq, width))
 
-    def step():
+    def train():
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.mse_loss(model(x), target).backward()
+        torch.nn.functional.mse_loss(forward(x), target).backward()
         opt.step()
-        if dev == "cuda":
-            torch.cuda.synchronize()
 
-    return step, f"{dev} eager"
+    if dev != "cuda":
+        return train, f"{dev} {'compile' if compiled else 'eager'}"
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+
+    def step():  # the device time of the step, from CUDA events
+        events[0].record()
+        train()
+        events[1].record()
+        events[1].synchronize()
+        return events[0].elapsed_time(events[1]) / 1e3
+
+    return step, f"{torch.cuda.get_device_name()} {'compile' if compiled else 'eager'}"
 
 
 def _keras_device(backend: str) -> str:
@@ -89,13 +108,21 @@ def keras_step(width: int, variant: str, batch: int, seq: int):
     def ff():
         return keras.Sequential([keras.layers.Dense(4 * width, activation="gelu"), keras.layers.Dense(width)])
 
+    class PlainBlock(keras.layers.Layer):
+        # AionBlock's structure (a layer holding norm and branch), minus AION: a functional
+        # graph of LayerNormalization and Add layers is not the same work under XLA.
+        def __init__(self):
+            super().__init__()
+            self.norm = keras.layers.LayerNormalization(epsilon=1e-5)
+            self.layer = ff()
+
+        def call(self, x):
+            return x + self.layer(self.norm(x))
+
     inp = keras.Input((seq, width))
     h = inp
     for _ in range(BLOCKS):
-        if variant == "plain":
-            h = keras.layers.Add()([h, ff()(keras.layers.LayerNormalization(epsilon=1e-5)(h))])
-        else:
-            h = AionBlock(ff(), width, k_update=_k(variant))(h)
+        h = PlainBlock()(h) if variant == "plain" else AionBlock(ff(), width, k_update=_k(variant))(h)
     model = keras.Model(inp, h)
     # keras-torch: torch.compile takes minutes per model here, so it runs eagerly.
     model.compile(keras.optimizers.AdamW(1e-3, beta_1=0.9, beta_2=0.95, weight_decay=0.0), "mse",
@@ -136,14 +163,22 @@ def flax_nnx_step(width: int, variant: str, batch: int, seq: int):
     opt = nnx.Optimizer(model, optax.adamw(1e-3, b1=0.9, b2=0.95, weight_decay=0.0), wrt=nnx.Param)
     x, target = (jnp.asarray(a) for a in _data(batch, seq, width))
 
-    @nnx.jit
-    def train(model, opt):
+    # nnx.jit walks the module graph in Python on every call, a cost per Variable that AION's
+    # five per block would add to its overhead; split once and jit a pure function instead.
+    graphdef, state = nnx.split((model, opt))
+
+    @jax.jit
+    def train(state):
+        model, opt = nnx.merge(graphdef, state)
         loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - target) ** 2))(model)
         opt.update(model, grads)
-        return loss
+        return nnx.state((model, opt)), loss
+
+    carry = {"state": state}
 
     def step():
-        train(model, opt).block_until_ready()
+        carry["state"], loss = train(carry["state"])
+        loss.block_until_ready()
 
     return step, jax.devices()[0].platform + " jit"
 

@@ -1,9 +1,13 @@
 """Throughput: training-step time of AION vs the plain residual, per backend and width.
 
-Each backend runs in its own process (:func:`aion_conformance.registry.call`). Within it
-the variants (plain, aion, aion-k4) are timed in alternation, step by step, so drift of the
-machine hits all alike; the overhead is the median of the per-round ratios. GPU when the
-framework sees one, CPU otherwise. Model: see :mod:`aion_conformance.bench.models`.
+Each backend runs in its own process (:func:`aion_conformance.registry.call`), every width
+in that one process. Within it the variants (plain, aion, aion-k4, ...) are timed in rounds
+of one step each, in an order rotated every round, so drift of the machine and the cache
+left by the previous variant hit all alike; rounds go on until a time budget is spent.
+The overhead is the median of the per-round ratios to the plain model, ± half their
+interquartile range: one slow round (another process on the core) moves neither.
+GPU when the framework sees one (torch: ``device``), CPU otherwise; on CUDA a step is
+timed with CUDA events. Model: see :mod:`aion_conformance.bench.models`.
 """
 
 from __future__ import annotations
@@ -22,25 +26,47 @@ VARIANTS = ("plain", "aion", "aion-k4")
 ORIGINAL = "aion-torch-1.0.2"  # timed beside ours on torch when installed
 
 
-def bench_one(backend: str, width: int, steps: int, warmup: int, batch: int, seq: int) -> dict:
-    """Time the variants of one backend and width in this process."""
+def bench_backend(backend: str, widths: list[int], variants: list[str], seconds: float, warmup: int,
+                  batch: int, seq: int, device: str = "auto", compiled: bool = False) -> list[dict]:
+    """Every width of one backend in this process: one row per width (and per mode on torch)."""
     make = registry.load(registry.BACKENDS[backend].bench)
-    variants = VARIANTS + ((ORIGINAL,) if backend == "torch" and original.load() is not None else ())
-    made = {v: make(width, v, batch, seq) for v in variants}
-    device = made["plain"][1]
-    times = {v: [] for v in variants}
-    for i in range(warmup + steps):
+    variants = list(variants)
+    if backend == "torch" and ORIGINAL not in variants and original.load() is not None:
+        variants.append(ORIGINAL)
+    modes = [False, True] if backend == "torch" and compiled else [False]
+    rows = []
+    for width in widths:
+        for mode in modes:
+            extra = {"device": device, "compiled": mode} if backend == "torch" else {}
+            # The original reads its ratio on the host (.item()), a graph break: eager only.
+            made = {v: make(width, v, batch, seq, **extra) for v in variants if not (mode and v == ORIGINAL)}
+            rows.append(_time_variants(backend, width, made, seconds, warmup))
+    return rows
+
+
+def _time_variants(backend, width, made, seconds, warmup, min_rounds=10, max_rounds=2000) -> dict:
+    variants = list(made)
+    for _ in range(warmup):  # compiles (jit, torch.compile) and warms the caches
         for v in variants:
-            t0 = time.perf_counter()
             made[v][0]()
-            if i >= warmup:
-                times[v].append(time.perf_counter() - t0)
-        print(f"{backend} D={width}: step {i + 1}/{warmup + steps}", file=sys.stderr, flush=True)
-    med = {v: statistics.median(t) * 1e3 for v, t in times.items()}
+    times = {v: [] for v in variants}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_rounds or (time.perf_counter() - start < seconds and rounds < max_rounds):
+        k = rounds % len(variants)
+        for v in variants[k:] + variants[:k]:
+            t0 = time.perf_counter()
+            device_seconds = made[v][0]()  # CUDA steps return their event time; others None
+            times[v].append(device_seconds if device_seconds is not None else time.perf_counter() - t0)
+        rounds += 1
+    label = made["plain"][1]
+    print(f"{backend} D={width} {label}: {rounds} rounds in {time.perf_counter() - start:.1f} s",
+          file=sys.stderr, flush=True)
     # Overhead: median over rounds of the paired ratio (same round, back to back), so drift
     # of the machine cancels; the spread is half the interquartile range of those ratios.
     paired = {v: [a / b for a, b in zip(times[v], times["plain"])] for v in variants if v != "plain"}
-    return {"backend": backend, "width": width, "device": device, "median_ms": med,
+    return {"backend": backend, "width": width, "device": label, "rounds": rounds,
+            "median_ms": {v: statistics.median(t) * 1e3 for v, t in times.items()},
             "overhead": {v: statistics.median(r) for v, r in paired.items()},
             "spread": {v: _half_iqr(r) for v, r in paired.items()}}
 
@@ -50,32 +76,34 @@ def _half_iqr(values: list[float]) -> float:
     return (q3 - q1) / 2
 
 
-def run_benchmarks(backends, widths, steps, warmup, batch, seq) -> list[dict]:
-    """Every backend and width, each in a process of its own; progress shown as it comes."""
+def run_benchmarks(backends, widths, seconds, warmup, batch, seq, variants=VARIANTS, device="auto",
+                   compiled=False) -> list[dict]:
+    """Every backend, each in a process of its own running all its widths; progress shown as it comes."""
     rows = []
     for i, backend in enumerate(backends, 1):
-        for width in widths:
-            print(f"  bench [{i}/{len(backends)}] {backend} D={width}: {warmup} warm-up + {steps} timed "
-                  "steps per variant", flush=True)
-            try:
-                rows.append(registry.call(f"{__name__}:bench_one", backend, width, steps, warmup, batch, seq,
-                                          backend=backend, echo=True))
-            except registry.BackendError as e:
-                print(f"    {backend} D={width} failed: {e}", flush=True)
+        print(f"  bench [{i}/{len(backends)}] {backend} D={','.join(map(str, widths))}: {warmup} warm-up "
+              f"steps, then rounds of {', '.join(variants)} for {seconds:g} s per width", flush=True)
+        try:
+            rows += registry.call(f"{__name__}:bench_backend", backend, widths, list(variants), seconds, warmup,
+                                  batch, seq, device, compiled, backend=backend, echo=True)
+        except registry.BackendError as e:
+            print(f"    {backend} failed: {e}", flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| backend | device | D | plain ms | aion ms | aion-k4 ms | aion / plain | aion-k4 / plain "
-             f"| {ORIGINAL} / plain |", "|---|---|---|---|---|---|---|---|---|"]
+    shown = [v for v in (*VARIANTS[1:], ORIGINAL) if any(v in r["overhead"] for r in rows)]
+    lines = ["| backend | device | D | rounds | plain ms | " + " | ".join(f"{v} ms" for v in shown) + " | "
+             + " | ".join(f"{v} / plain" for v in shown) + " |", "|---" * (5 + 2 * len(shown)) + "|"]
     for r in rows:
         m = r["median_ms"]
 
         def ratio(v):
             return f"{r['overhead'][v]:.3f} ± {r['spread'][v]:.3f}" if v in r["overhead"] else "-"
 
-        lines.append(f"| {r['backend']} | {r['device']} | {r['width']} | {m['plain']:.2f} | {m['aion']:.2f} | "
-                     f"{m['aion-k4']:.2f} | {ratio('aion')} | {ratio('aion-k4')} | {ratio(ORIGINAL)} |")
+        lines.append(f"| {r['backend']} | {r['device']} | {r['width']} | {r['rounds']} | {m['plain']:.2f} | "
+                     + " | ".join(f"{m[v]:.2f}" if v in m else "-" for v in shown) + " | "
+                     + " | ".join(ratio(v) for v in shown) + " |")
     return lines
 
 
@@ -93,7 +121,7 @@ def plot(rows: list[dict], path: Path) -> None:
     low = min(r["overhead"][v] for r in rows for v in shown if v in r["overhead"])
     ax.set_ylim(bottom=min(0.9, low - 0.05))
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))],
-                  [f"{r['backend']}\nD={r['width']}" for r in rows], fontsize=7)
+                  [f"{r['backend']}\n{r['device']}\nD={r['width']}" for r in rows], fontsize=7)
     ax.set_ylabel("step time / plain residual")
     ax.set_title("AION overhead per training step (bars: ± half IQR)")
     ax.legend()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aion_conformance.drivers.protocol import FLOAT_DTYPES, CheckResult
+from aion_conformance.drivers.protocol import DEFAULT_EXECUTION, FLOAT_DTYPES, CheckResult
 
 
 class BuiltinDriver:
@@ -10,6 +10,8 @@ class BuiltinDriver:
 
     dtypes = FLOAT_DTYPES
     has_grads = True
+    executions = (DEFAULT_EXECUTION,)
+    execution = DEFAULT_EXECUTION
 
     def extra_checks(self) -> list[CheckResult]:
         return []
@@ -22,6 +24,25 @@ def loss_dtype(dtype: str) -> str:
     is the cotangent itself whatever the loss dtype.
     """
     return "float64" if dtype == "float64" else "float32"
+
+
+#: Loss scale of the executions that compute in float16 (Keras mixed_float16, Flax
+#: dtype=float16), as users train in float16: small gradients would underflow without it.
+#: (keras.optimizers.LossScaleOptimizer starts at 2**15, which overflows float16 gradients
+#: of these unit-scale cases; it would then lower the scale and skip the step.)
+FLOAT16_LOSS_SCALE = 2.0**10
+
+
+def loss_scale(execution) -> float:
+    """The loss scale of ``execution``: :data:`FLOAT16_LOSS_SCALE` if it computes in float16, else 1."""
+    return FLOAT16_LOSS_SCALE if execution.compute_dtype == "float16" else 1.0
+
+
+def unscaled(result: dict, scale: float) -> dict:
+    """``result`` with its gradients divided by the loss ``scale`` (an exact power of two)."""
+    if scale != 1.0 and "grads" in result:
+        result["grads"] = {k: g / scale for k, g in result["grads"].items()}
+    return result
 
 
 def driver_result(to_numpy, out, stats, grads=None) -> dict:

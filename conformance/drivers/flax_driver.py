@@ -1,7 +1,10 @@
 """Drivers for the Flax adapters: ``NnxDriver`` ("flax-nnx") and ``LinenDriver`` ("flax-linen").
 
-Both run each call under ``jax.jit``. float64 cases need 64-bit jax, which the drivers
-switch on for their process when built.
+Every call is compiled: ``jax.jit`` over a pure function of the variables (Linen
+``apply``, NNX ``split``/``merge``), and for NNX also ``nnx.jit`` on the module itself.
+The ``dtype=...`` executions build the layer with a computation dtype and give it float32
+inputs, which it casts (as Flax layers do). float64 cases need 64-bit jax, which the
+drivers switch on for their process when built.
 """
 
 from __future__ import annotations
@@ -13,8 +16,23 @@ from flax import nnx
 import aion_core as core
 import aion_flax
 import aion_flax.linen as aion_linen
-from aion_conformance.drivers.base import BuiltinDriver, driver_result, loss_dtype
+from aion_conformance.drivers.base import BuiltinDriver, driver_result, loss_dtype, loss_scale, unscaled
+from aion_conformance.drivers.protocol import FLOAT_DTYPES, Execution
 from aion_conformance.frameworks import jax as fw
+
+#: The computation-dtype executions, shared by both flavours.
+_DTYPE_EXECUTIONS = (Execution("dtype=bfloat16", ("float32",), "bfloat16"),
+                     Execution("dtype=float16, loss scaling", ("float32",), "float16"))
+
+
+def _dtype_kwargs(execution: Execution) -> dict:
+    return {"dtype": getattr(jnp, execution.compute_dtype)} if execution.compute_dtype else {}
+
+
+def _inputs(execution: Execution, arrays, dtype: str):
+    # A computation dtype: float32 inputs (already representable in it), cast by the layer.
+    input_dtype = "float32" if execution.compute_dtype and dtype in FLOAT_DTYPES else dtype
+    return [fw.from_numpy(a, input_dtype) for a in arrays]
 
 
 def _run(forward, params, inputs, cotangent, dtype):
@@ -39,14 +57,23 @@ class _FlaxDriver(BuiltinDriver):
     def versions(self):
         return fw.versions()
 
+    def call(self, layer, mode, x, y, x_norm, cotangent, dtype):
+        # Loss scaling (float16 executions): the cotangent scaled, the gradients unscaled.
+        scale = loss_scale(self.execution)
+        return unscaled(self._call(layer, mode, x, y, x_norm, None if cotangent is None else cotangent * scale,
+                                   dtype), scale)
+
 
 class NnxDriver(_FlaxDriver):
     """``aion_flax.AionResidual`` (flax.nnx)."""
 
     name = "flax-nnx"
+    executions = (Execution("jax.jit (split/merge)", errors=True), Execution("nnx.jit", errors=True),
+                  *_DTYPE_EXECUTIONS)
+    execution = executions[0]
 
     def make(self, config):
-        return aion_flax.AionResidual(**config)
+        return aion_flax.AionResidual(**config, **_dtype_kwargs(self.execution))
 
     def set_params(self, layer, alpha0, beta):
         layer.alpha0[...] = jnp.asarray(alpha0, jnp.float32)
@@ -59,8 +86,10 @@ class NnxDriver(_FlaxDriver):
     def get_state(self, layer):
         return {name: getattr(layer, name)[...].item() for name in core.STATE_SPEC}
 
-    def call(self, layer, mode, x, y, x_norm, cotangent, dtype):
-        inputs = [fw.from_numpy(a, dtype) for a in (x, y, x_norm)]
+    def _call(self, layer, mode, x, y, x_norm, cotangent, dtype):
+        inputs = _inputs(self.execution, (x, y, x_norm), dtype)
+        if self.execution.name == "nnx.jit":
+            return _nnx_jit_call(layer, mode, inputs, cotangent, dtype)
         graphdef, params, stats = nnx.split(layer, nnx.Param, aion_flax.AionStat)
 
         def forward(params, x, y, x_norm):
@@ -73,13 +102,45 @@ class NnxDriver(_FlaxDriver):
         return driver_result(fw.to_numpy, out, step_stats, grads)
 
 
+def _nnx_forward(model, x, y, x_norm, deterministic):
+    return model(x, y, x_norm, deterministic=deterministic, return_stats=True)
+
+
+@nnx.jit(static_argnames="deterministic")
+def _nnx_jit_forward(model, x, y, x_norm, deterministic):
+    return _nnx_forward(model, x, y, x_norm, deterministic)
+
+
+@nnx.jit(static_argnames="deterministic")
+def _nnx_jit_value_and_grad(model, x, y, x_norm, cotangent, deterministic):
+    def loss(model, x, y, x_norm):
+        out, stats = _nnx_forward(model, x, y, x_norm, deterministic)
+        return jnp.sum(out.astype(cotangent.dtype) * cotangent), (out, stats)
+
+    (_, aux), grads = nnx.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(model, x, y, x_norm)
+    return aux, grads
+
+
+def _nnx_jit_call(layer, mode, inputs, cotangent, dtype):
+    """The call as an NNX user writes it: ``nnx.jit`` and ``nnx.value_and_grad`` on the module."""
+    deterministic = mode == "eval"
+    if cotangent is None:
+        return driver_result(fw.to_numpy, *_nnx_jit_forward(layer, *inputs, deterministic))
+    cot = fw.from_numpy(cotangent, loss_dtype(dtype))
+    (out, stats), (g_model, gx, gy, gxn) = _nnx_jit_value_and_grad(layer, *inputs, cot, deterministic)
+    return driver_result(fw.to_numpy, out, stats, {"x": gx, "y": gy, "x_norm": gxn,
+                                                   "alpha0": g_model["alpha0"][...], "beta": g_model["beta"][...]})
+
+
 class LinenDriver(_FlaxDriver):
     """``aion_flax.linen.AionResidual`` (flax.linen); the layer is ``[module, variables]``."""
 
     name = "flax-linen"
+    executions = (Execution("jax.jit", errors=True), *_DTYPE_EXECUTIONS)
+    execution = executions[0]
 
     def make(self, config):
-        module = aion_linen.AionResidual(**config)
+        module = aion_linen.AionResidual(**config, **_dtype_kwargs(self.execution))
         probe = jnp.ones((1, 1), jnp.float32)
         return [module, module.init(jax.random.key(0), probe, probe, deterministic=True)]
 
@@ -95,9 +156,9 @@ class LinenDriver(_FlaxDriver):
         stats = layer[1][aion_linen.STATS_COLLECTION]
         return {name: stats[name].item() for name in core.STATE_SPEC}
 
-    def call(self, layer, mode, x, y, x_norm, cotangent, dtype):
+    def _call(self, layer, mode, x, y, x_norm, cotangent, dtype):
         module, variables = layer
-        inputs = [fw.from_numpy(a, dtype) for a in (x, y, x_norm)]
+        inputs = _inputs(self.execution, (x, y, x_norm), dtype)
         stats = variables[aion_linen.STATS_COLLECTION]
         mutable = [aion_linen.STATS_COLLECTION] if mode == "train" else False
 

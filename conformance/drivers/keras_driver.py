@@ -9,8 +9,8 @@ from __future__ import annotations
 from keras import ops
 
 import aion_core as core
-from aion_conformance.drivers.base import BuiltinDriver, driver_result, loss_dtype
-from aion_conformance.drivers.protocol import FLOAT_DTYPES
+from aion_conformance.drivers.base import BuiltinDriver, driver_result, loss_dtype, loss_scale, unscaled
+from aion_conformance.drivers.protocol import FLOAT_DTYPES, Execution
 from aion_conformance.frameworks import keras as fw
 from aion_keras import AionResidual
 
@@ -21,18 +21,40 @@ if fw.BACKEND == "jax":
     jax.config.update("jax_enable_x64", True)
 
 
+def _executions() -> tuple[Execution, ...]:
+    """Dtype policies x ``jit_compile`` off and on.
+
+    "policy = input dtype": a layer whose policy is the case's dtype (no cast). The mixed
+    policies get float32 inputs, which Keras casts to the compute dtype (spec section 10):
+    the expected values are the reference's on the inputs rounded to it.
+    """
+    out = []
+    for jit in (False, True):
+        suffix = ", jit_compile" if jit else ""
+        out += [Execution("policy = input dtype" + suffix, errors=True),
+                Execution("mixed_bfloat16" + suffix, ("float32",), "bfloat16"),
+                Execution("mixed_float16, loss scaling" + suffix, ("float32",), "float16")]
+    return tuple(out)
+
+
+def _policy(execution: Execution) -> str | None:
+    return {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}.get(execution.compute_dtype)
+
+
 class _Slot:
     """The driver's layer handle: the Keras layer of the dtype of the last call.
 
-    A Keras layer casts floating inputs to its compute dtype, so each case dtype needs a
-    layer of that dtype policy; the handle swaps layers, carrying the weights over.
+    A Keras layer casts floating inputs to its compute dtype, so under "policy = input
+    dtype" each case dtype needs a layer of that dtype policy; the handle swaps layers,
+    carrying the weights over. A mixed policy keeps its one layer.
     """
 
-    def __init__(self, layer: AionResidual):
+    def __init__(self, layer: AionResidual, execution: Execution):
         self.layer = layer
+        self.execution = execution
 
     def for_dtype(self, dtype: str) -> AionResidual:
-        if dtype in FLOAT_DTYPES and self.layer.dtype_policy.compute_dtype != dtype:
+        if _policy(self.execution) is None and dtype in FLOAT_DTYPES and self.layer.dtype_policy.compute_dtype != dtype:
             fresh = AionResidual.from_config({**self.layer.get_config(), "dtype": dtype})
             fresh.set_weights(self.layer.get_weights())
             self.layer = fresh
@@ -51,6 +73,9 @@ _LOSSES = {"train": _loss(True), "eval": _loss(False)}
 
 
 class KerasDriver(BuiltinDriver):
+    executions = _executions()
+    execution = executions[0]
+
     def __init__(self):
         self.name = f"keras-{fw.BACKEND}"
 
@@ -58,7 +83,8 @@ class KerasDriver(BuiltinDriver):
         return fw.versions()
 
     def make(self, config):
-        return _Slot(AionResidual(**config))
+        policy = _policy(self.execution)
+        return _Slot(AionResidual(**config, **({"dtype": policy} if policy else {})), self.execution)
 
     def set_params(self, slot, alpha0, beta):
         slot.layer.alpha0.assign(alpha0)
@@ -74,12 +100,17 @@ class KerasDriver(BuiltinDriver):
 
     def call(self, slot, mode, x, y, x_norm, cotangent, dtype):
         layer = slot.for_dtype(dtype)
-        inputs = [fw.from_numpy(a, dtype) for a in (x, y, x_norm)]
+        mixed = _policy(slot.execution) is not None
+        # Mixed policies: float32 inputs (already representable in the compute dtype), cast by Keras.
+        input_dtype = "float32" if mixed and dtype in FLOAT_DTYPES else dtype
+        inputs = [fw.from_numpy(a, input_dtype) for a in (x, y, x_norm)]
         if cotangent is None:
             out, stats = layer(*inputs[:2], x_norm=inputs[2], training=mode == "train", return_stats=True)
             return driver_result(fw.to_numpy, out, stats)
-        cot = fw.from_numpy(cotangent, loss_dtype(dtype))
-        _, (out, stats), (gx, gy, gxn), grads = fw.value_and_grad(layer, _LOSSES[mode], inputs, [cot])
+        scale = loss_scale(slot.execution)
+        cot = fw.from_numpy(cotangent * scale, loss_dtype(dtype))
+        _, (out, stats), (gx, gy, gxn), grads = fw.value_and_grad(
+            layer, _LOSSES[mode], inputs, [cot], jit=slot.execution.name.endswith("jit_compile"))
         by_name = dict(zip((v.name for v in layer.trainable_variables), grads))
-        return driver_result(fw.to_numpy, out, stats, {"x": gx, "y": gy, "x_norm": gxn,
-                                                       "alpha0": by_name["alpha0"], "beta": by_name["beta"]})
+        return unscaled(driver_result(fw.to_numpy, out, stats, {
+            "x": gx, "y": gy, "x_norm": gxn, "alpha0": by_name["alpha0"], "beta": by_name["beta"]}), scale)

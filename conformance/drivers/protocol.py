@@ -19,6 +19,31 @@ FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 ERROR_CLASSES = {"ValueError": ValueError, "TypeError": TypeError}
 
 
+@dataclass(frozen=True)
+class Execution:
+    """One way a user runs the implementation: eager, compiled, a precision policy, a device.
+
+    The suite runs the golden vectors once per execution a driver lists (spec section 10):
+    an execution matrix of outputs, state and gradients, train and eval.
+    """
+
+    name: str
+    #: The case dtypes it runs (others are not its cells).
+    dtypes: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
+    #: The dtype the implementation casts floating inputs to before AION sees them (a Keras
+    #: mixed policy); None: the case's own dtype. Expected values are then the reference's
+    #: on the inputs rounded to it, at its tolerance.
+    compute_dtype: str | None = None
+    #: Whether the call-error cases run under it too (compilers must keep the error class).
+    errors: bool = False
+    #: Empty if it can run here; otherwise why not (shown as "not run (...)").
+    unavailable: str = ""
+
+
+#: The execution of a driver that lists none: the one way it runs.
+DEFAULT_EXECUTION = Execution("default", errors=True)
+
+
 @dataclass
 class CheckResult:
     """The outcome of one check of one driver (one row of the report's details)."""
@@ -31,6 +56,10 @@ class CheckResult:
     max_abs: float = 0.0
     max_rel: float = 0.0
     messages: list[str] = field(default_factory=list)
+    execution: str = DEFAULT_EXECUTION.name
+    #: Per part of a vector check ("train fwd", "train bwd", "eval fwd", "eval bwd"):
+    #: ``[max_rel, failures]``; fwd is the output, stats and state, bwd the gradients.
+    parts: dict[str, list] = field(default_factory=dict)
 
 
 class Driver(Protocol):
@@ -45,11 +74,17 @@ class Driver(Protocol):
         dtypes are skipped for it and the report says so.
     has_grads : bool
         Whether :meth:`call` returns gradients (optional; default True).
+    executions : tuple of Execution
+        The ways it runs (optional; default one, :data:`DEFAULT_EXECUTION`). Before each
+        case the runner sets ``execution`` to the one in force; :meth:`make` and
+        :meth:`call` follow it.
     """
 
     name: str
     dtypes: tuple[str, ...]
     has_grads: bool
+    executions: tuple[Execution, ...]
+    execution: Execution
 
     def versions(self) -> dict[str, str]:
         """Framework name -> version, for the report."""
@@ -88,9 +123,16 @@ class DriverDefaults:
     """Base class giving a driver the optional attributes of :class:`Driver`."""
 
     has_grads = True
+    executions = (DEFAULT_EXECUTION,)
+    execution = DEFAULT_EXECUTION
 
     def extra_checks(self) -> list[CheckResult]:
         return []
+
+
+def executions(driver) -> tuple[Execution, ...]:
+    """The driver's ``executions``; the default one for an outside driver that lists none."""
+    return tuple(getattr(driver, "executions", DriverDefaults.executions))
 
 
 def has_grads(driver) -> bool:

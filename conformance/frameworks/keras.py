@@ -34,18 +34,24 @@ def to_numpy(t) -> np.ndarray:
     return np.asarray(ops.convert_to_numpy(t), dtype=np.float64)
 
 
-def value_and_grad(model, loss_fn, inputs, consts=()):
+def value_and_grad(model, loss_fn, inputs, consts=(), jit: bool | None = None):
     """``loss_fn(call, *inputs, *consts) -> (loss, aux)`` and the gradients of ``loss``.
 
     ``call`` invokes ``model`` with the arguments given to it. Gradients are taken with
     respect to ``inputs`` (None stays None) and ``model.trainable_variables``; the
-    non-trainable variables the call updates are assigned to ``model``. Under JAX the
-    program is jitted once per ``(model, loss_fn)``: pass a function defined once.
+    non-trainable variables the call updates are assigned to ``model``.
+
+    ``jit``: compile the whole step as Keras' ``jit_compile=True`` does (TensorFlow:
+    ``tf.function(jit_compile=True)``, XLA; JAX: ``jax.jit``; torch: ``torch.compile``) or
+    run it op by op; None: each backend's usual way here (JAX jitted, the others eager).
+    A compiled program is cached per ``(model, loss_fn)``: pass a function defined once.
 
     Returns ``(loss, aux, input_grads, variable_grads)``; a gradient that does not reach
     an input is zero.
     """
-    return _BY_BACKEND[BACKEND](model, loss_fn, list(inputs), list(consts))
+    if jit is None:
+        jit = BACKEND == "jax"
+    return _BY_BACKEND[BACKEND](model, loss_fn, list(inputs), list(consts), jit)
 
 
 def sgd(variables, grads, lr: float) -> None:
@@ -63,42 +69,57 @@ def _split(grads, inputs):
     return out, grads
 
 
-def _tensorflow(model, loss_fn, inputs, consts):
+_PROGRAMS: dict = {}  # (id(model), loss_fn, jit) -> (model, program); keeps the model alive
+
+
+def _program(model, loss_fn, jit, make):
+    key = (id(model), loss_fn, jit)
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = (model, make(model, loss_fn, jit))
+    return _PROGRAMS[key][1]
+
+
+def _tensorflow(model, loss_fn, inputs, consts, jit):
+    return _program(model, loss_fn, jit, _tensorflow_program)(inputs, consts)
+
+
+def _tensorflow_program(model, loss_fn, jit):
     import tensorflow as tf
 
-    present = [t for t in inputs if t is not None]
-    variables = [v.value for v in model.trainable_variables]
-    with tf.GradientTape() as tape:
-        tape.watch(present)
-        loss, aux = loss_fn(model, *inputs, *consts)
-    input_grads, variable_grads = _split(tape.gradient(loss, present + variables), inputs)
-    return loss, aux, input_grads, variable_grads
+    def step(inputs, consts):
+        present = [t for t in inputs if t is not None]
+        variables = [v.value for v in model.trainable_variables]
+        with tf.GradientTape() as tape:
+            tape.watch(present)
+            loss, aux = loss_fn(model, *inputs, *consts)
+        input_grads, variable_grads = _split(tape.gradient(loss, present + variables), inputs)
+        return loss, aux, input_grads, variable_grads
+
+    return tf.function(step, jit_compile=True) if jit else step
 
 
-def _torch(model, loss_fn, inputs, consts):
+def _torch(model, loss_fn, inputs, consts, jit):
     import torch
 
     inputs = [None if t is None else t.detach().requires_grad_() for t in inputs]
     present = [t for t in inputs if t is not None]
     variables = [v.value for v in model.trainable_variables]
-    loss, aux = loss_fn(model, *inputs, *consts)
+    call = _program(model, loss_fn, jit, lambda m, f, jit: torch.compile(f) if jit else f)
+    loss, aux = call(model, *inputs, *consts)
     grads = torch.autograd.grad(loss, present + variables, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, present + variables)]
     input_grads, variable_grads = _split(grads, inputs)
     return loss.detach(), aux, input_grads, variable_grads
 
 
-_JAX_PROGRAMS: dict = {}  # (id(model), loss_fn) -> (model, jitted program); keeps model alive
+def _jax(model, loss_fn, inputs, consts, jit):
+    import jax
 
-
-def _jax(model, loss_fn, inputs, consts):
-    key = (id(model), loss_fn)
-    if key not in _JAX_PROGRAMS:
-        _JAX_PROGRAMS[key] = (model, _jax_program(model, loss_fn))
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
-    loss, aux, new_non_trainable, input_grads, variable_grads = _JAX_PROGRAMS[key][1](
-        trainable, non_trainable, inputs, consts)
+    with jax.disable_jit(not jit):
+        loss, aux, new_non_trainable, input_grads, variable_grads = _program(
+            model, loss_fn, True, lambda m, f, _: _jax_program(m, f))(trainable, non_trainable, inputs, consts)
     for variable, value in zip(model.non_trainable_variables, new_non_trainable):
         variable.assign(value)
     return loss, aux, input_grads, variable_grads

@@ -10,9 +10,9 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__}
 
 
-def from_numpy(a, dtype: str):
-    """A numpy array (or None) as a tensor of ``dtype`` ("float32", "int32", ...)."""
-    return None if a is None else torch.from_numpy(np.asarray(a)).to(getattr(torch, dtype))
+def from_numpy(a, dtype: str, device: str = "cpu"):
+    """A numpy array (or None) as a tensor of ``dtype`` ("float32", "int32", ...) on ``device``."""
+    return None if a is None else torch.from_numpy(np.asarray(a)).to(device, getattr(torch, dtype))
 
 
 def to_numpy(t) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 import aion_core as core
 from aion_conformance.spec.cases import CONFIG_ERRORS, call_error_cases, vector_cases
 from aion_conformance.spec.reference import reference_call
+from aion_conformance.spec.tolerance import round_to
 
 #: The committed vector files (beside the package, where outside implementers find them).
 VECTOR_DIR = Path(__file__).parent.parent / "vectors"
@@ -62,6 +63,14 @@ def expected_case(case: dict) -> dict:
         calls.append({**call, "expected": {**result, "state": dict(state)}})
     return {"name": case["name"], "dtype": case["dtype"], "config": config.to_dict(),
             "state": case["state"], "calls": calls}
+
+
+def recast_case(case: dict, dtype: str) -> dict:
+    """``case`` as an implementation sees it that casts its inputs to ``dtype`` (a Keras
+    mixed policy): inputs and cotangents rounded to ``dtype``, the reference's answers anew."""
+    calls = [{k: round_to(v, dtype) if k in ("x", "y", "x_norm", "cotangent") and v is not None else v
+              for k, v in call.items() if k != "expected"} for call in case["calls"]]
+    return expected_case({**case, "dtype": dtype, "calls": calls})
 
 
 def render_all() -> dict[str, str]:

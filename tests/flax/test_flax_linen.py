@@ -78,3 +78,14 @@ def test_block_param_tree_and_grad():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), eager_grads, grads)
     assert float(grads["aion"]["alpha0"]) != 0.0 and int(upd[STATS_COLLECTION]["aion"]["step_count"]) == 1
 
+
+
+def test_block_dtype_and_param_dtype_aion_stays_float32():
+    block = AionBlock(nn.Dense(8, dtype=jnp.bfloat16), 8, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    x = jnp.asarray(_f32(2, 8))
+    variables = block.init(jax.random.key(0), x, deterministic=False)
+    out, _ = block.apply(variables, x, deterministic=False, mutable=[STATS_COLLECTION])
+    assert out.dtype == jnp.bfloat16
+    assert variables["params"]["norm"]["scale"].dtype == jnp.bfloat16
+    assert variables["params"]["aion"]["alpha0"].dtype == jnp.float32
+    assert variables[STATS_COLLECTION]["aion"]["ratio_ema"].dtype == jnp.float32

@@ -140,3 +140,18 @@ def test_bfloat16_inputs_keep_float32_energies():
     print(f"bf16 vs f32 alpha relative error: {alpha_rel_err:.2e}")
     # Rounding the inputs to bf16 (rel. 2**-9 each) moves the averaged ratio by far less.
     assert alpha_rel_err < 2.0 ** -9
+
+
+def test_block_dtype_casts_inputs_param_dtype_sets_the_norm_aion_stays_float32():
+    block = AionBlock(nnx.Linear(8, 8, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), 8,
+                      dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    out = block(jnp.asarray(_f32(2, 8)))
+    assert out.dtype == jnp.bfloat16 and block.norm.scale[...].dtype == jnp.bfloat16
+    assert {k: getattr(block.aion, k)[...].dtype for k in ("alpha0", "beta", "ratio_ema", "step_count")} == {
+        "alpha0": jnp.float32, "beta": jnp.float32, "ratio_ema": jnp.float32, "step_count": jnp.int32}
+    # float32 inputs cast to bfloat16: the same output as bfloat16 inputs
+    same = AionResidual(dtype=jnp.bfloat16)(jnp.ones((2, 4)), jnp.full((2, 4), 2.0))
+    assert same.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(same, np.float32),
+                                  np.asarray(AionResidual()(jnp.ones((2, 4), jnp.bfloat16),
+                                                            jnp.full((2, 4), 2.0, jnp.bfloat16)), np.float32))

@@ -1,7 +1,7 @@
-"""DDP with 2 gloo processes on CPU: the batch ratio is the mean over ranks.
+"""DDP and FSDP2 (``fully_shard``) with 2 gloo processes on CPU: the batch ratio is the mean over ranks.
 
-Each rank holds half the batch; the state, outputs and (DDP-averaged) gradients must
-equal those of one process holding the whole batch.
+Each rank holds half the batch; the state, outputs and (averaged) gradients must equal
+those of one process holding the whole batch.
 """
 
 import socket
@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from aion_pytorch import AionBlock
+from aion_pytorch import AionBlock, fsdp_ignored_params
 
 pytestmark = pytest.mark.distributed
 STEPS = 3
@@ -34,25 +34,44 @@ def _train(model, batches):
         opt.zero_grad()
         model(x).square().mean().backward()
         opt.step()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().clone() if not hasattr(v, "full_tensor") else v.detach() for k, v in model.state_dict().items()}
 
 
-def _worker(rank, port, out_path):
+def _wrap(model, wrapper):
+    if wrapper == "ddp":
+        return torch.nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (2,))
+    scalars = fsdp_ignored_params(model)  # FSDP2 refuses 0-d parameters
+    for block in model:
+        fully_shard(block, mesh=mesh, ignored_params=scalars)  # per block, then the root: the usual layout
+    return fully_shard(model, mesh=mesh, ignored_params=scalars)
+
+
+def _full(value):
+    # FSDP2 parameters are DTensors sharded over the ranks: gather the whole tensor.
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+def _worker(rank, port, out_path, wrapper):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        ddp = torch.nn.parallel.DistributedDataParallel(_model())
-        final = _train(ddp, [x[2 * rank:2 * rank + 2] for x in _data()])
-        torch.save({k.removeprefix("module."): v for k, v in final.items()}, f"{out_path}.{rank}")
+        model = _wrap(_model(), wrapper)
+        final = _train(model, [x[2 * rank:2 * rank + 2] for x in _data()])
+        torch.save({k.removeprefix("module."): _full(v) for k, v in final.items()}, f"{out_path}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_two_ranks_equal_single_process(tmp_path):
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp2"])
+def test_two_ranks_equal_single_process(tmp_path, wrapper):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = str(tmp_path / "state")
-    mp.spawn(_worker, args=(port, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(port, out, wrapper), nprocs=2, join=True)
     single = _train(_model(), _data())
     ranks = [torch.load(f"{out}.{r}") for r in range(2)]
     for k, v in single.items():

@@ -4,7 +4,15 @@ import pytest
 import torch
 
 import aion_core
+from aion_conformance.spec.tolerance import RTOL, compare
 from aion_pytorch import AionBlock, AionResidual, compute_alpha, energy
+
+
+@pytest.fixture
+def fresh_dynamo():
+    # Each test's compiles start from an empty cache: the tests before it compiled the same
+    # forward for other shapes and dtypes, and fullgraph fails hard at the recompile limit.
+    torch._dynamo.reset()
 
 
 def _state(m):
@@ -270,3 +278,82 @@ def test_a_complex_checkpoint_entry_is_refused_and_nothing_is_written(name):
     with pytest.raises(TypeError, match=f"'{name}'"):
         m.load_state_dict({**new, name: torch.tensor(2 + 1j)})
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+@pytest.mark.parametrize("cast", ["half", "bfloat16", "double", "to_float16"])
+def test_module_casts_keep_aion_parameters_and_state_float32(cast):
+    block = AionBlock(torch.nn.Linear(8, 8), 8)
+    block = block.to(torch.float16) if cast == "to_float16" else getattr(block, cast)()
+    dtype = block.layer.weight.dtype
+    assert dtype != torch.float32  # the branch was cast ...
+    aion = block.aion  # ... AION's own tensors were not
+    assert {k: v.dtype for k, v in aion.state_dict().items()} == {
+        "alpha0": torch.float32, "beta": torch.float32, "ratio_ema": torch.float32,
+        "step_count": torch.int32, "nonfinite_count": torch.int32}
+    assert float(aion.alpha0) == float(torch.tensor(0.1, dtype=torch.float32))  # no round trip through 16 bits
+    out = block(torch.randn(2, 8, dtype=dtype))
+    assert out.dtype == dtype
+
+
+def test_half_module_keeps_a_ratio_beyond_float16_finite():
+    # The issue's repro: a float16 ratio_ema stored inf, with nonfinite_count 0.
+    m = AionResidual().half()
+    out = m(torch.full((2, 8), 1e-3, dtype=torch.float16), torch.full((2, 8), 10.0, dtype=torch.float16))
+    assert out.dtype == torch.float16
+    assert torch.isfinite(m.ratio_ema) and float(m.ratio_ema) > 65504 and int(m.nonfinite_count) == 0
+
+
+@pytest.mark.parametrize("make, args, error, message", [
+    (lambda: AionResidual(), (torch.ones(2, 8), torch.ones(2, 7)), ValueError, "y.shape"),
+    (lambda: AionResidual(), (torch.ones(2, 8, dtype=torch.int32), torch.ones(2, 8)), TypeError, "x must"),
+    (lambda: AionBlock(torch.nn.Linear(8, 8), 8), (torch.ones(2, 7),), ValueError, "dim=8"),
+    (lambda: AionBlock(torch.nn.Linear(8, 8), 8), (torch.ones(2, 8, dtype=torch.int64),), TypeError, "x must"),
+    (lambda: AionBlock(torch.nn.Linear(8, 8), 8), (torch.tensor(1.0),), ValueError, "scalar"),
+    (lambda: AionBlock(torch.nn.Linear(8, 7), 8), (torch.ones(2, 8),), ValueError, "y.shape"),
+])
+def test_compiled_fullgraph_errors_keep_class_and_name_and_change_no_state(make, args, error, message, fresh_dynamo):
+    module = make()
+    compiled = torch.compile(module, fullgraph=True)
+    good = torch.randn(2, 8)
+    valid = (good, good) if isinstance(module, AionResidual) else (good,)
+    can_run = module.layer.out_features == 8 if isinstance(module, AionBlock) else True
+    if can_run:
+        compiled(*valid)  # a first, valid graph
+    before = _state(module)
+    with pytest.raises(error, match=message):
+        compiled(*args)
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    if can_run:
+        compiled(*valid)  # valid input still runs
+        assert int((module.aion if isinstance(module, AionBlock) else module).step_count) == 2
+
+
+def test_block_refuses_a_numpy_array_with_a_type_error():
+    np = pytest.importorskip("numpy")
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got numpy.ndarray"):
+        AionBlock(torch.nn.Linear(4, 4), 4)(np.ones((2, 4), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_compile_fullgraph_16bit_forward_and_backward_match_eager(dtype, fresh_dynamo):
+    torch.manual_seed(0)
+    x, cot = torch.randn(2, 3, 8, dtype=dtype), torch.randn(2, 3, 8)
+    results = []
+    for compiled in (False, True):
+        block = AionBlock(torch.nn.Linear(8, 8), 8)
+        block.load_state_dict(AionBlock(torch.nn.Linear(8, 8), 8).state_dict() if not results else results[0][2])
+        block = block.to(dtype)
+        run = torch.compile(block, fullgraph=True) if compiled else block
+        xi = x.clone().requires_grad_()
+        out, stats = run(xi, return_stats=True)
+        (out.float() * cot).sum().backward()
+        results.append((out, [xi.grad, block.aion.alpha0.grad, block.aion.beta.grad, stats["alpha"]],
+                        {k: v for k, v in block.state_dict().items()}))
+    (out_e, grads_e, _), (out_c, grads_c, _) = results
+    assert out_c.dtype == dtype
+    # Inductor keeps 16-bit intermediates in float32, so compiled and eager differ by the
+    # inputs' rounding: each within the spec's tolerance of the dtype (section 10).
+    rtol = RTOL[str(dtype).removeprefix("torch.")]
+    for got, want in zip([out_c, *grads_c], [out_e, *grads_e]):
+        ok, _, max_rel, why = compare(got.float().detach().numpy(), want.float().detach().numpy(), rtol)
+        assert ok, why

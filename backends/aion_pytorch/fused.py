@@ -1,0 +1,44 @@
+"""The eager training step as one autograd node, by :mod:`aion_core.fused`'s closed-form gradient.
+
+Eager autograd records each of ``aion_core.train_step``'s small ops and runs a backward
+kernel for each; this node records one and runs the closed form. Under ``torch.compile``
+the module keeps ``train_step`` itself, whose ops Inductor fuses.
+"""
+
+from __future__ import annotations
+
+import array_api_compat.torch as xp
+import torch
+
+import aion_core
+from aion_core import fused
+
+
+class _TrainStep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, x_norm, alpha0, beta, state, config, update, replica_mean):
+        out, new, stats, saved = fused.train_forward(x, y, x_norm, alpha0, beta, state, config, xp=xp,
+                                                     update=update, replica_mean=replica_mean)
+        ctx.save_for_backward(*saved[2:])
+        ctx.x_dtype, ctx.x_ref_is_x, ctx.replica_mean = saved.x_dtype, saved.x_ref_is_x, replica_mean
+        ctx.param_dtype = alpha0.dtype
+        outputs = (new.ratio_ema, new.step_count, new.nonfinite_count, stats["alpha"], stats["ratio"])
+        ctx.mark_non_differentiable(*outputs)
+        return (out, *outputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, *_):
+        saved = fused.Saved(ctx.x_dtype, ctx.x_ref_is_x, *ctx.saved_tensors)
+        grads = fused.train_vjp(saved, dout, xp=xp, replica_mean=ctx.replica_mean)
+        return (grads.x, grads.y, grads.x_norm, grads.alpha0.to(ctx.param_dtype),
+                grads.beta.to(ctx.param_dtype), None, None, None, None)
+
+
+def train_step(x, y, x_norm, alpha0, beta, state: aion_core.AionState, config: aion_core.AionConfig, *,
+               update: bool, replica_mean=None):
+    """:func:`aion_core.train_step` (with ``xp`` torch and a detaching stop-gradient) as one autograd node."""
+    out, ratio_ema, step_count, nonfinite, alpha, ratio = _TrainStep.apply(
+        x, y, x_norm, alpha0, beta, state, config, update, replica_mean)
+    return out, aion_core.AionState(ratio_ema, step_count, nonfinite), {
+        "alpha": alpha, "ratio": ratio, "ratio_ema": ratio_ema}
