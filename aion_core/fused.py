@@ -38,7 +38,7 @@ from array_api_compat import array_namespace
 from aion_core.config import AionConfig
 from aion_core.errors import check_inputs
 from aion_core.state import AionState
-from aion_core.step import _acc, _residual, alpha_from_ratio, smoothed_ratio
+from aion_core.step import _acc, _residual, alpha_from_ratio, multiply_add, smoothed_ratio
 
 
 class Saved(NamedTuple):
@@ -87,12 +87,13 @@ def _energy(xp, t, acc):
 
 
 def train_forward(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig, *,
-                  xp=None, update=True, replica_mean=None):
+                  xp=None, update=True, replica_mean=None, fma=multiply_add):
     """:func:`aion_core.train_step` without autodiff, plus the :class:`Saved` values for :func:`train_vjp`.
 
     Same arguments and first three results as :func:`aion_core.train_step`; nothing here
     needs a stop-gradient (the caller runs it outside autodiff). ``replica_mean`` must be
     the same function in :func:`train_vjp`: the mean's gradient is the mean of the gradients.
+    ``fma`` is :func:`aion_core.step.multiply_add` or an adapter's one-kernel equivalent.
     """
     xp = xp or array_namespace(x, y)
     check_inputs(xp, x, y, x_norm)
@@ -116,7 +117,7 @@ def train_forward(x, y, x_norm, alpha0, beta, state: AionState, config: AionConf
         r_s = ratio_stat = xp.astype(ema, acc, copy=False)
         new_ema, nonfinite = ema, state.nonfinite_count
     alpha = alpha_from_ratio(xp, alpha0, beta, r_s)
-    out = _residual(xp, x, y, alpha)
+    out = _residual(xp, x, y, alpha, fma)
     new_state = AionState(new_ema, state.step_count + 1, nonfinite)
     stats = {"alpha": alpha, "ratio": ratio_stat, "ratio_ema": new_ema}
     saved = Saved(x.dtype, x_norm is None, y, x_ref if update else None, denominator, per_row, ratio_slope,
@@ -124,7 +125,7 @@ def train_forward(x, y, x_norm, alpha0, beta, state: AionState, config: AionConf
     return out, new_state, stats, saved
 
 
-def train_vjp(saved: Saved, dout, *, xp=None, replica_mean=None) -> Grads:
+def train_vjp(saved: Saved, dout, *, xp=None, replica_mean=None, fma=multiply_add) -> Grads:
     """The gradients of :func:`train_forward`'s ``out`` given ``dout`` (spec section 7), in closed form.
 
     With ``q = 1 + beta * r_s`` and ``g = sum(dout * y)`` (in the multiply-add's dtype):
@@ -151,7 +152,7 @@ def train_vjp(saved: Saved, dout, *, xp=None, replica_mean=None) -> Grads:
         if replica_mean is not None:
             d_r = replica_mean(d_r)
         scale = 2.0 * d_r / (math.prod(y.shape) * saved.denominator)  # d r / d E[y], per row, over D
-        dy = dy + scale[..., None] * y_acc
+        dy = fma(dy, scale[..., None], y_acc)
         dx_ref = (-scale * saved.per_row)[..., None] * xp.astype(saved.x_ref, acc, copy=False)
         if saved.x_ref_is_x:
             dx = dx + dx_ref

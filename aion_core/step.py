@@ -49,15 +49,27 @@ def output_dtype(xp, x_dtype, y_dtype):
     return xp.float32
 
 
-def _residual(xp, x, y, alpha):
+def multiply_add(a, s, b):
+    """``a + s * b``: the one multiply-add of AION, as an adapter may supply it fused.
+
+    An adapter can pass a one-kernel version (torch: ``torch.addcmul``) where the array API
+    has none; it must compute the same expression in the same dtype.
+
+    >>> multiply_add(1.0, 2.0, 3.0)
+    7.0
+    """
+    return a + s * b
+
+
+def _residual(xp, x, y, alpha, fma=multiply_add):
     # float32/float64 inputs: the multiply-add runs in their dtype (as aion-torch 1.0.2).
     # float16/bfloat16: it runs in alpha's dtype (float32) and is rounded once at the end,
     # so alpha's gradient, sum(dout * y), is not summed in 16 bits either.
     out_dtype = output_dtype(xp, x.dtype, y.dtype)
     if out_dtype == alpha.dtype or out_dtype == xp.float64:
-        return x + xp.astype(alpha, out_dtype, copy=False) * y
+        return fma(x, xp.astype(alpha, out_dtype, copy=False), y)
     acc = alpha.dtype
-    out = xp.astype(x, acc, copy=False) + alpha * xp.astype(y, acc, copy=False)
+    out = fma(xp.astype(x, acc, copy=False), alpha, xp.astype(y, acc, copy=False))
     return xp.astype(out, out_dtype, copy=False)
 
 

@@ -14,11 +14,16 @@ import aion_core
 from aion_core import fused
 
 
+def _addcmul(a, s, b):
+    # aion_core's multiply_add a + s * b in one kernel (one full-size output, no temporary).
+    return torch.addcmul(a, s, b)
+
+
 class _TrainStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, x_norm, alpha0, beta, state, config, update, replica_mean):
         out, new, stats, saved = fused.train_forward(x, y, x_norm, alpha0, beta, state, config, xp=xp,
-                                                     update=update, replica_mean=replica_mean)
+                                                     update=update, replica_mean=replica_mean, fma=_addcmul)
         ctx.save_for_backward(*saved[2:])
         ctx.x_dtype, ctx.x_ref_is_x, ctx.replica_mean = saved.x_dtype, saved.x_ref_is_x, replica_mean
         ctx.param_dtype = alpha0.dtype
@@ -30,7 +35,7 @@ class _TrainStep(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, *_):
         saved = fused.Saved(ctx.x_dtype, ctx.x_ref_is_x, *ctx.saved_tensors)
-        grads = fused.train_vjp(saved, dout, xp=xp, replica_mean=ctx.replica_mean)
+        grads = fused.train_vjp(saved, dout, xp=xp, replica_mean=ctx.replica_mean, fma=_addcmul)
         return (grads.x, grads.y, grads.x_norm, grads.alpha0.to(ctx.param_dtype),
                 grads.beta.to(ctx.param_dtype), None, None, None, None)
 
