@@ -4,6 +4,7 @@
     nox -s conformance   # every driver, the table, reports/conformance.{md,json}
     nox -s conformance -- --driver mypkg.mod:MyDriver   # an external implementation too
     nox -s bench         # throughput of AION vs the plain residual
+    nox -s stability     # depth stability (the crash test), every backend; -- --full on a GPU
     nox -s docs          # the documentation site in site/ (mkdocs build --strict, API reference)
 """
 
@@ -28,6 +29,12 @@ def conformance(session):
 @nox.session(venv_backend="none")
 def bench(session):
     session.run(sys.executable, "-m", "aion_conformance.bench", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def stability(session):
+    """Depth stability, the crash test on every backend: reports/stability.{md,json} and plots."""
+    session.run(sys.executable, "-m", "aion_conformance.stability", *session.posargs)
 
 
 @nox.session(venv_backend="none")
