@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import asdict
 
-from aion_conformance.drivers.protocol import (DEFAULT_EXECUTION, ERROR_CLASSES, CheckResult, Execution,
+from aion_conformance.drivers.protocol import (DEFAULT_EXECUTION, ERROR_CLASSES, INPUTS, CheckResult, Execution,
                                                executions, extra_checks, has_grads)
-from aion_conformance.spec.cases import CONFIG_ERRORS, call_error_cases
+from aion_conformance.spec.cases import CONFIG_ERRORS, call_error_cases, output_dtype_name
 from aion_conformance.spec.golden import load_all, recast_case
 from aion_conformance.spec.tolerance import RTOL, compare
+from aion_conformance.trajectory.parity import hook_checks
 from aion_core import STATE_SPEC
 
 #: State a layer holds before an error case: anything but the initial state.
@@ -20,16 +22,32 @@ _FLOAT32_QUANTITIES = ("grad.alpha0", "grad.beta")
 _COUNTERS = [name for name, (dtype, _, _) in STATE_SPEC.items() if dtype.startswith("int")]
 
 
+def input_dtypes(case: dict) -> dict[str, str]:
+    """Each input's dtype name: the case's ``input_dtypes`` (mixed cases), else its ``dtype``."""
+    return case.get("input_dtypes") or dict.fromkeys(INPUTS, case["dtype"])
+
+
+def _dtype_arg(case: dict):
+    """What :meth:`Driver.call` receives as ``dtype``: one name, or a dict for mixed inputs."""
+    return case["input_dtypes"] if case.get("input_dtypes") else case["dtype"]
+
+
+def runs_under(case: dict, execution: Execution) -> bool:
+    """Whether ``case`` is a cell of ``execution``: every input dtype is one it runs."""
+    return set(input_dtypes(case).values()) <= set(execution.dtypes)
+
+
 def run_vector(driver, case: dict, execution: Execution = DEFAULT_EXECUTION) -> CheckResult:
     """One golden-vector case under one execution: outputs, stats, state and gradients."""
     res = CheckResult(driver.name, "vector", case["name"], case["dtype"], "pass", execution=execution.name)
-    if case["dtype"] not in driver.dtypes:
-        res.status, res.messages = "skip", [f"{driver.name} does not support {case['dtype']}"]
+    unsupported = sorted(set(input_dtypes(case).values()) - set(driver.dtypes))
+    if unsupported:
+        res.status, res.messages = "skip", [f"{driver.name} does not support {', '.join(unsupported)}"]
         return res
     if execution.unavailable:
         res.status, res.messages = "skip", [f"not run ({execution.unavailable})"]
         return res
-    if execution.compute_dtype not in (None, case["dtype"]):
+    if execution.compute_dtype is not None and set(input_dtypes(case).values()) != {execution.compute_dtype}:
         case = recast_case(case, execution.compute_dtype)
     try:
         _check_calls(driver, case, res)
@@ -44,14 +62,20 @@ def run_vector(driver, case: dict, execution: Execution = DEFAULT_EXECUTION) -> 
 
 def _check_calls(driver, case: dict, res: CheckResult) -> None:
     rtol = RTOL[case["dtype"]]
+    dtypes = input_dtypes(case)
+    out_dtype = output_dtype_name(dtypes["x"], dtypes["y"])
     layer = driver.make(case["config"])
     driver.set_state(layer, case["state"])
     grads_ok = has_grads(driver)
     for i, call in enumerate(case["calls"]):
         driver.set_params(layer, call["alpha0"], call["beta"])
         cot = call["cotangent"] if grads_ok else None
-        got = driver.call(layer, call["mode"], call["x"], call["y"], call["x_norm"], cot, case["dtype"])
+        got = driver.call(layer, call["mode"], call["x"], call["y"], call["x_norm"], cot, _dtype_arg(case))
         want = call["expected"]
+        if got.get("out_dtype") != out_dtype:
+            res.parts.setdefault(f"{call['mode']} fwd", [0.0, 0])[1] += 1
+            res.messages.append(f"call {i}: out_dtype {got.get('out_dtype')!r}, expected {out_dtype!r} "
+                                f"(x {dtypes['x']}, y {dtypes['y']}; spec section 4)")
         pairs = [("out", got["out"], want["out"])]
         pairs += [(f"stats.{k}", got["stats"][k], v) for k, v in want["stats"].items()]
         state = driver.get_state(layer)
@@ -76,11 +100,15 @@ def _check_calls(driver, case: dict, res: CheckResult) -> None:
                 res.messages.append(f"call {i} ({call['mode']}): {name}: {why}")
 
 
-def _expect_error(res: CheckResult, err_name: str, fn) -> bool:
+def _expect_error(res: CheckResult, err_name: str, argument: str, fn) -> bool:
+    """Whether ``fn()`` raises ``err_name`` with a message naming ``argument`` (spec section 8)."""
     try:
         fn()
-    except ERROR_CLASSES[err_name]:
-        return True
+    except ERROR_CLASSES[err_name] as e:
+        if re.search(rf"(?<![\w.]){re.escape(argument)}(?!\w)", str(e)):
+            return True
+        res.messages.append(f"the message does not name {argument}: {type(e).__name__}({str(e)[:200]!r})")
+        return False
     except Exception as e:  # noqa: BLE001 - the wrong class is the finding
         res.messages.append(f"raised {type(e).__name__} ({e}), expected {err_name}")
         return False
@@ -92,7 +120,7 @@ def run_config_errors(driver) -> list[CheckResult]:
     results = []
     for config, err in CONFIG_ERRORS:
         res = CheckResult(driver.name, "config_error", f"config {config}", "-", "pass")
-        _expect_error(res, err, lambda: driver.make(config))
+        _expect_error(res, err, next(iter(config)), lambda: driver.make(config))
         res.status = "fail" if res.messages else "pass"
         results.append(res)
     return results
@@ -110,7 +138,7 @@ def run_call_errors(driver, execution: Execution = DEFAULT_EXECUTION) -> list[Ch
         layer = driver.make(case["config"])
         driver.set_state(layer, _DIRTY_STATE)
         before = copy.deepcopy(driver.get_state(layer))
-        if _expect_error(res, case["error"], lambda: driver.call(
+        if _expect_error(res, case["error"], case["argument"], lambda: driver.call(
                 layer, case["mode"], case["x"], case["y"], case["x_norm"], None, case["dtype"])):
             after = driver.get_state(layer)
             if {k: float(v) for k, v in after.items()} != {k: float(v) for k, v in before.items()}:
@@ -122,16 +150,17 @@ def run_call_errors(driver, execution: Execution = DEFAULT_EXECUTION) -> list[Ch
 
 def run_driver(driver) -> list[CheckResult]:
     """Every vector case under every execution of ``driver``, the error cases (the call errors
-    under each execution that asks for them), then the driver's own ``extra_checks()``."""
+    under each execution that asks for them), the driver's own ``extra_checks()``, then
+    trajectory parity and checkpoints if it has a ``trajectory`` hook."""
     results = run_config_errors(driver)
     cases = load_all()
     for execution in executions(driver):
         driver.execution = execution
-        results += [run_vector(driver, c, execution) for c in cases if c["dtype"] in execution.dtypes]
+        results += [run_vector(driver, c, execution) for c in cases if runs_under(c, execution)]
         if execution.errors:
             results += run_call_errors(driver, execution)
     driver.execution = executions(driver)[0]
-    return results + extra_checks(driver)
+    return results + extra_checks(driver) + hook_checks(driver)
 
 
 def run_spec(spec: str) -> dict:

@@ -73,3 +73,23 @@ def test_trajectory_and_checkpoints_follow_the_reference(backend, reference_runs
                                                        STEPS - RESUME_AT)
     for name, got in resumed.items():
         assert max(deviation(got, want).values()) <= TOLERANCE, (name, deviation(got, want))
+
+
+def test_outside_driver_trajectory_hook():
+    """An outside driver's ``trajectory`` runs parity and both checkpoint directions, and can fail."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    from trajectory_drivers import StateDroppingDriver, TorchTrajectoryDriver
+
+    from aion_conformance.trajectory.parity import hook_checks
+
+    good = hook_checks(TorchTrajectoryDriver())
+    assert [r.check for r in good] == ["trajectory", "checkpoint", "checkpoint"]
+    assert all(r.status == "pass" for r in good), [r.messages for r in good]
+    assert 0 < max(r.max_rel for r in good) <= TOLERANCE
+    bad = {r.case: r for r in hook_checks(StateDroppingDriver())}
+    resumed_here = bad["the reference's checkpoint resumed here"]
+    assert resumed_here.status == "fail" and "[spec 9: portable checkpoint]" in resumed_here.messages[0]
+    assert bad["this checkpoint resumed on the reference"].status == "pass"  # its export is fine

@@ -25,6 +25,17 @@ def test_vectors_cover_the_required_cases():
     calls = [call for c in cases for call in c["calls"]]
     assert any(call["x_norm"] is None for call in calls) and any(call["x_norm"] is not None for call in calls)
     assert any(call["expected"]["state"]["nonfinite_count"] > 0 for call in calls)
+    mixed = [c["input_dtypes"] for c in cases if c.get("input_dtypes")]
+    assert {("bfloat16", "float16"), ("bfloat16", "float32")} <= {tuple(sorted({d["x"], d["y"]})) for d in mixed}
+    assert any(d["x_norm"] == "float64" and d["x"] != "float64" for d in mixed)
+
+
+def test_cancelling_vectors_leave_only_rounding_residue():
+    """x = -alpha * y rounded: the output is far below x, so a 16-bit multiply-add shows."""
+    for c in (c for c in load_all() if c["name"].startswith("cancelling_")):
+        for call in c["calls"]:
+            out, x = np.abs(call["expected"]["out"]), np.abs(call["x"])
+            assert out.max() < 0.01 * x.max() and out.max() > 0, (c["name"], out.max(), x.max())
 
 
 def test_reference_driver_passes_everything():

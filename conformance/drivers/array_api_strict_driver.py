@@ -10,11 +10,15 @@ import array_api_strict as xp
 import numpy as np
 
 import aion_core as core
-from aion_conformance.drivers.base import BuiltinDriver, driver_result
+from aion_conformance.drivers.base import BuiltinDriver, convert_inputs, driver_result
 
 
 def _to_numpy(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
+
+
+def _from_numpy(a, dtype: str):
+    return None if a is None else xp.asarray(np.asarray(a), dtype=getattr(xp, dtype))
 
 
 class ArrayApiStrictDriver(BuiltinDriver):
@@ -40,8 +44,7 @@ class ArrayApiStrictDriver(BuiltinDriver):
         return {k: v.item() for k, v in core.portable.state_to_dict(layer["state"]).items()}
 
     def call(self, layer, mode, x, y, x_norm, cotangent, dtype):
-        tx, ty, tn = (None if a is None else xp.asarray(np.asarray(a), dtype=getattr(xp, dtype))
-                      for a in (x, y, x_norm))
+        tx, ty, tn = convert_inputs(_from_numpy, (x, y, x_norm), dtype)
         if mode == "train":
             update = bool(core.is_update_step(int(layer["state"].step_count), layer["config"].k_update))
             out, layer["state"], stats = core.train_step(tx, ty, tn, layer["alpha0"], layer["beta"],

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from aion_conformance.drivers.protocol import DEFAULT_EXECUTION, FLOAT_DTYPES, CheckResult
+from aion_conformance.drivers.protocol import DEFAULT_EXECUTION, FLOAT_DTYPES, INPUTS, CheckResult, dtype_name, input_dtype
+from aion_conformance.spec.cases import output_dtype_name
 
 
 class BuiltinDriver:
@@ -17,13 +18,28 @@ class BuiltinDriver:
         return []
 
 
-def loss_dtype(dtype: str) -> str:
-    """The dtype ``sum(out * cotangent)`` is formed in: float64 for float64 cases, else float32.
+def out_dtype(dtype) -> str:
+    """The output dtype name (spec section 4) for :meth:`Driver.call`'s ``dtype`` argument."""
+    return output_dtype_name(input_dtype(dtype, "x"), input_dtype(dtype, "y"))
 
-    The cotangent is already rounded to the case's dtype, so the gradient reaching ``out``
+
+def loss_dtype(dtype) -> str:
+    """The dtype ``sum(out * cotangent)`` is formed in: float64 for float64 outputs, else float32.
+
+    The cotangent is already rounded to the output's dtype, so the gradient reaching ``out``
     is the cotangent itself whatever the loss dtype.
     """
-    return "float64" if dtype == "float64" else "float32"
+    return "float64" if out_dtype(dtype) == "float64" else "float32"
+
+
+def convert_inputs(from_numpy, arrays, dtype) -> list:
+    """``x``, ``y``, ``x_norm`` as framework arrays, each in its dtype (None stays None)."""
+    return [from_numpy(a, input_dtype(dtype, name)) for name, a in zip(INPUTS, arrays)]
+
+
+def all_floating(dtype) -> bool:
+    """Whether every input dtype of ``dtype`` (a name or a dict) is a floating one."""
+    return all(d in FLOAT_DTYPES for d in (dtype.values() if isinstance(dtype, dict) else [dtype]))
 
 
 #: Loss scale of the executions that compute in float16 (Keras mixed_float16, Flax
@@ -47,7 +63,8 @@ def unscaled(result: dict, scale: float) -> dict:
 
 def driver_result(to_numpy, out, stats, grads=None) -> dict:
     """The protocol's result dict from framework arrays; ``grads`` maps names to arrays or None."""
-    result = {"out": to_numpy(out), "stats": {k: float(to_numpy(v)) for k, v in stats.items()}}
+    result = {"out": to_numpy(out), "out_dtype": dtype_name(out.dtype),
+              "stats": {k: float(to_numpy(v)) for k, v in stats.items()}}
     if grads is not None:
         result["grads"] = {k: to_numpy(g) for k, g in grads.items() if g is not None}
     return result

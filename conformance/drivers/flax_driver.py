@@ -16,8 +16,9 @@ from flax import nnx
 import aion_core as core
 import aion_flax
 import aion_flax.linen as aion_linen
-from aion_conformance.drivers.base import BuiltinDriver, driver_result, loss_dtype, loss_scale, unscaled
-from aion_conformance.drivers.protocol import FLOAT_DTYPES, Execution
+from aion_conformance.drivers.base import (BuiltinDriver, all_floating, convert_inputs, driver_result, loss_dtype,
+                                           loss_scale, unscaled)
+from aion_conformance.drivers.protocol import Execution
 from aion_conformance.frameworks import jax as fw
 
 #: The computation-dtype executions, shared by both flavours.
@@ -31,8 +32,7 @@ def _dtype_kwargs(execution: Execution) -> dict:
 
 def _inputs(execution: Execution, arrays, dtype: str):
     # A computation dtype: float32 inputs (already representable in it), cast by the layer.
-    input_dtype = "float32" if execution.compute_dtype and dtype in FLOAT_DTYPES else dtype
-    return [fw.from_numpy(a, input_dtype) for a in arrays]
+    return convert_inputs(fw.from_numpy, arrays, "float32" if execution.compute_dtype and all_floating(dtype) else dtype)
 
 
 def _run(forward, params, inputs, cotangent, dtype):

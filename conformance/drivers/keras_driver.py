@@ -9,8 +9,9 @@ from __future__ import annotations
 from keras import ops
 
 import aion_core as core
-from aion_conformance.drivers.base import BuiltinDriver, driver_result, loss_dtype, loss_scale, unscaled
-from aion_conformance.drivers.protocol import FLOAT_DTYPES, Execution
+from aion_conformance.drivers.base import (BuiltinDriver, all_floating, convert_inputs, driver_result, loss_dtype,
+                                           loss_scale, out_dtype, unscaled)
+from aion_conformance.drivers.protocol import Execution
 from aion_conformance.frameworks import keras as fw
 from aion_keras import AionResidual
 
@@ -53,9 +54,11 @@ class _Slot:
         self.layer = layer
         self.execution = execution
 
-    def for_dtype(self, dtype: str) -> AionResidual:
-        if _policy(self.execution) is None and dtype in FLOAT_DTYPES and self.layer.dtype_policy.compute_dtype != dtype:
-            fresh = AionResidual.from_config({**self.layer.get_config(), "dtype": dtype})
+    def for_dtype(self, dtype) -> AionResidual:
+        # Mixed inputs: the policy of the output's dtype (Keras casts every floating input to it).
+        policy = out_dtype(dtype)
+        if _policy(self.execution) is None and all_floating(dtype) and self.layer.dtype_policy.compute_dtype != policy:
+            fresh = AionResidual.from_config({**self.layer.get_config(), "dtype": policy})
             fresh.set_weights(self.layer.get_weights())
             self.layer = fresh
         return self.layer
@@ -102,8 +105,7 @@ class KerasDriver(BuiltinDriver):
         layer = slot.for_dtype(dtype)
         mixed = _policy(slot.execution) is not None
         # Mixed policies: float32 inputs (already representable in the compute dtype), cast by Keras.
-        input_dtype = "float32" if mixed and dtype in FLOAT_DTYPES else dtype
-        inputs = [fw.from_numpy(a, input_dtype) for a in (x, y, x_norm)]
+        inputs = convert_inputs(fw.from_numpy, (x, y, x_norm), "float32" if mixed and all_floating(dtype) else dtype)
         if cotangent is None:
             out, stats = layer(*inputs[:2], x_norm=inputs[2], training=mode == "train", return_stats=True)
             return driver_result(fw.to_numpy, out, stats)

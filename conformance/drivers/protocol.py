@@ -15,6 +15,8 @@ import numpy as np
 
 #: Names of the input dtypes a case can ask for.
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
+#: The array arguments of a call, in the order of :meth:`Driver.call`.
+INPUTS = ("x", "y", "x_norm")
 #: Error classes a case can demand, by name.
 ERROR_CLASSES = {"ValueError": ValueError, "TypeError": TypeError}
 
@@ -106,17 +108,34 @@ class Driver(Protocol):
              dtype: str) -> dict[str, Any]:
         """Run one forward in ``mode`` ("train" or "eval") on inputs cast to ``dtype``.
 
-        ``x``, ``y``, ``x_norm`` may also arrive as integer numpy arrays (error cases):
-        the driver passes them on in the matching integer dtype of its framework.
+        ``dtype`` is a dtype name for every input, or (mixed-dtype cases) a dict of names
+        by input, ``{"x": ..., "y": ..., "x_norm": ...}``; :func:`input_dtype` reads either.
+        Floating inputs arrive as float64 numpy arrays holding values of their dtype. In
+        error cases an input may be a 0-d array, or an integer, bool or complex numpy array
+        whose dtype name is given: the driver passes it on in that dtype of its framework.
+        ``cotangent`` holds values of the output's dtype.
 
-        Returns ``{"out": ndarray, "stats": {"alpha", "ratio", "ratio_ema": float},
-        "grads": {"x", "y", "x_norm", "alpha0", "beta": ndarray or float}}``, all as
-        float64; ``grads`` is the gradient of ``sum(out * cotangent)`` and is left out
-        when ``cotangent`` is None (``x_norm`` left out when not given).
+        Returns ``{"out": ndarray, "out_dtype": str, "stats": {"alpha", "ratio",
+        "ratio_ema": float}, "grads": {"x", "y", "x_norm", "alpha0", "beta": ndarray or
+        float}}``, numbers as float64; ``out_dtype`` is the name of the output's dtype as
+        the implementation returned it (``"bfloat16"``, ...); ``grads`` is the gradient of
+        ``sum(out * cotangent)`` and is left out when ``cotangent`` is None (``x_norm`` left
+        out when not given).
         """
 
     def extra_checks(self) -> list[CheckResult]:
         """Checks of the driver's own, run after the shared ones (optional; default none)."""
+
+    def trajectory(self, problem: dict, steps: int) -> dict:
+        """Train the trajectory problem ``steps`` SGD steps (optional; without it, not run).
+
+        ``problem`` is :func:`aion_conformance.trajectory.problem.make_problem`'s dict, or one
+        resumed from a portable checkpoint (its blocks then carry AION entries). Returns
+        ``{"loss": [per step], "alpha": [per step, per block], "checkpoint": flat portable
+        dict}``, like a registry backend's trajectory model (``conformance/trajectory/``);
+        the suite checks parity with the float64 reference and both checkpoint directions
+        (:func:`aion_conformance.trajectory.parity.hook_checks`).
+        """
 
 
 class DriverDefaults:
@@ -128,6 +147,24 @@ class DriverDefaults:
 
     def extra_checks(self) -> list[CheckResult]:
         return []
+
+
+def input_dtype(dtype, name: str) -> str:
+    """The dtype name of input ``name`` ("x", "y", "x_norm") from :meth:`Driver.call`'s ``dtype``.
+
+    >>> input_dtype("float16", "y"), input_dtype({"x": "float32", "y": "bfloat16"}, "y")
+    ('float16', 'bfloat16')
+    """
+    return dtype.get(name) if isinstance(dtype, dict) else dtype
+
+
+def dtype_name(dtype) -> str:
+    """The name of a numpy, torch, JAX, TensorFlow or array-api-strict dtype: ``"float32"``.
+
+    >>> dtype_name(np.dtype("float16"))
+    'float16'
+    """
+    return getattr(dtype, "name", None) or str(dtype).rsplit(".", 1)[-1]
 
 
 def executions(driver) -> tuple[Execution, ...]:

@@ -7,7 +7,7 @@ import torch
 
 import aion_core as core
 from aion_conformance import original
-from aion_conformance.drivers.base import BuiltinDriver, driver_result, loss_dtype
+from aion_conformance.drivers.base import BuiltinDriver, convert_inputs, driver_result, loss_dtype
 from aion_conformance.drivers.protocol import CheckResult
 from aion_conformance.frameworks import torch as fw
 from aion_conformance.frameworks import torch_executions as runs
@@ -48,7 +48,7 @@ class TorchDriver(BuiltinDriver):
         return {name: getattr(layer.module, name).item() for name in core.STATE_SPEC}
 
     def call(self, layer, mode, x, y, x_norm, cotangent, dtype):
-        inputs = [fw.from_numpy(a, dtype, layer.device) for a in (x, y, x_norm)]
+        inputs = convert_inputs(lambda a, d: fw.from_numpy(a, d, layer.device), (x, y, x_norm), dtype)
         layer.module.train(mode == "train")
         if cotangent is None:
             return driver_result(fw.to_numpy, *layer.forward(*inputs))

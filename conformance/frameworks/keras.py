@@ -136,8 +136,14 @@ def _jax_program(model, loss_fn):
             updated = [non_trainable]
 
             def call(*args, **kwargs):
-                out, new_non_trainable = model.stateless_call(trainable, updated[-1], *args, **kwargs)
-                updated.append(new_non_trainable)
+                # What stateless_call does, but through __call__: a layer inside a model (as
+                # Keras' own JAX trainer runs it) casts its inputs to its compute dtype, which
+                # stateless_call, calling `call` directly, would skip for this outermost layer.
+                mapping = [*zip(model.trainable_variables, trainable),
+                           *zip(model.non_trainable_variables, updated[-1])]
+                with keras.StatelessScope(state_mapping=mapping) as scope:
+                    out = model(*args, **kwargs)
+                updated.append([scope.get_current_value(v) for v in model.non_trainable_variables])
                 return out
 
             loss, aux = loss_fn(call, *inputs, *consts)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from aion_conformance.spec.tolerance import round_to
-from aion_core import STATE_SPEC
+from aion_conformance.spec.reference import reference_call
+from aion_conformance.spec.tolerance import RTOL, round_to
+from aion_core import STATE_SPEC, AionConfig
 
 A0, B0 = 0.1, 0.05  # aion-torch 1.0.2's defaults
 
@@ -19,19 +20,54 @@ def _layer_norm(x):
     return (x - mu) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
 
 
-def _calls(rng, dtype, shape, modes, *, x_norm=True, scale=1.0, params=None, nan_at=None, scales=None):
+def loosest(dtypes) -> str:
+    """The input dtype with the widest tolerance: a mixed case is checked at its rtol."""
+    return max(dtypes, key=RTOL.__getitem__)
+
+
+def output_dtype_name(x_dtype: str, y_dtype: str) -> str:
+    """The output dtype (spec section 4) of inputs of these dtypes, by name."""
+    if x_dtype == y_dtype:
+        return x_dtype
+    return "float64" if "float64" in (x_dtype, y_dtype) else "float32"
+
+
+def _calls(rng, dtype, shape, modes, *, x_norm=True, scale=1.0, params=None, nan_at=None, scales=None,
+           dtypes=None):
+    dt = dtypes or {"x": dtype, "y": dtype, "x_norm": dtype}
     calls = []
     for i, mode in enumerate(modes):
         x_scale, y_scale = scales[i] if scales else (scale, scale)
-        x = round_to(rng.standard_normal(shape) * x_scale, dtype)
-        y = round_to(rng.standard_normal(shape) * y_scale * rng.uniform(0.3, 3.0), dtype)
+        x = round_to(rng.standard_normal(shape) * x_scale, dt["x"])
+        y = round_to(rng.standard_normal(shape) * y_scale * rng.uniform(0.3, 3.0), dt["y"])
         if nan_at == i:
             y.reshape(-1)[1] = np.nan
-        xn = round_to(_layer_norm(x), dtype) if x_norm else None
+        xn = round_to(_layer_norm(x), dt["x_norm"]) if x_norm else None
         alpha0, beta = params[i] if params else (A0, B0)
+        cot = None if nan_at == i else round_to(rng.standard_normal(shape), output_dtype_name(dt["x"], dt["y"]))
         calls.append({"mode": mode, "alpha0": float(np.float32(alpha0)), "beta": float(np.float32(beta)),
-                      "x": x, "y": y, "x_norm": xn,
-                      "cotangent": None if nan_at == i else round_to(rng.standard_normal(shape), dtype)})
+                      "x": x, "y": y, "x_norm": xn, "cotangent": cot})
+    return calls
+
+
+def _cancelling_calls(rng, dtype, shape, modes, state) -> list[dict]:
+    """Calls whose ``x`` is ``-alpha * y`` rounded to ``dtype``: ``out`` is only the rounding residue.
+
+    A multiply-add run in 16 bits (``alpha`` or ``alpha * y`` rounded to ``dtype``) errs by
+    about one rounding of ``x``, which is of the size of the whole output here and far
+    beyond the tolerance; the float32 multiply-add of spec section 4, rounded once, is exact
+    to the output's own rounding. ``x_norm`` is drawn apart from ``x``, so ``alpha`` is
+    known before ``x`` is (the reference gives it).
+    """
+    config, calls = AionConfig(), []
+    for mode in modes:
+        y = round_to(rng.standard_normal(shape) * 30.0, dtype)  # |out| well above float16's subnormals
+        xn = round_to(_layer_norm(rng.standard_normal(shape)), dtype)
+        call = {"mode": mode, "alpha0": float(np.float32(A0)), "beta": float(np.float32(B0)), "y": y, "x_norm": xn}
+        result, _ = reference_call(config, A0, B0, state, mode, np.zeros(shape), y, xn)
+        call["x"] = round_to(-result["stats"]["alpha"] * y, dtype)
+        state = reference_call(config, A0, B0, state, mode, call["x"], y, xn)[1]
+        calls.append({**call, "cotangent": round_to(rng.standard_normal(shape), dtype)})
     return calls
 
 
@@ -75,10 +111,24 @@ def vector_cases() -> list[dict]:
                   "state": {"ratio_ema": 1.75, "step_count": 5, "nonfinite_count": 2},
                   "calls": _calls(rng, "float32", (2, 6), [T, T, T, T, E],
                                   params=[(0.1, 0.05), (0.12, 0.3), (0.14, 0.2), (0.16, 0.1), (0.18, 0.4)])})
+    # Mixed input dtypes (spec section 4): the output in the promoted dtype of x and y, the
+    # accumulation in float64 if any input is float64. Checked at the loosest input's rtol.
+    mixed = [("mixed_f32_bf16", {"x": "float32", "y": "bfloat16", "x_norm": "float32"}),  # an autocast branch
+             ("mixed_bf16_f16", {"x": "bfloat16", "y": "float16", "x_norm": "bfloat16"}),  # float32 out
+             ("mixed_f16_xnorm_f64", {"x": "float16", "y": "float16", "x_norm": "float64"}),  # float64 acc
+             ("mixed_f64_f32", {"x": "float64", "y": "float32", "x_norm": "float32"})]
+    cases += [{"name": name, "dtype": loosest(dt.values()), "input_dtypes": dt, "config": {},
+               "state": dict(fresh), "calls": _calls(rng, None, (3, 8), [T, T, E], dtypes=dt)}
+              for name, dt in mixed]
+    # The multiply-add of 16-bit outputs in float32, rounded once (spec section 4).
+    cases += [{"name": f"cancelling_{short}", "dtype": dtype, "config": {}, "state": dict(fresh),
+               "calls": _cancelling_calls(rng, dtype, (4, 64), [T, T, E], fresh)}
+              for short, dtype in (("bf16", "bfloat16"), ("f16", "float16"))]
     return cases
 
 
-#: Constructor arguments that must be refused: (config, error class name).
+#: Constructor arguments that must be refused: (config, error class name). The message must
+#: name the config's one key.
 CONFIG_ERRORS = [
     ({"alpha0": 0.0}, "ValueError"), ({"alpha0": -1.0}, "ValueError"),
     ({"alpha0": float("nan")}, "ValueError"), ({"alpha0": float("inf")}, "ValueError"),
@@ -101,17 +151,29 @@ CONFIG_ERRORS = [
 def call_error_cases() -> list[dict]:
     """Inputs that must be refused, in train and eval, with the state left untouched.
 
-    Each runs with ``k_update`` 1 and 2: adapters that choose the update step on the
-    device check their inputs on a path of its own.
+    Each case names the argument the message must name (spec section 8). ``dtype`` is one
+    dtype name for every input or, where they differ, a dict by input name. Each runs with
+    ``k_update`` 1 and 2: adapters that choose the update step on the device check their
+    inputs on a path of its own.
     """
-    f = np.ones
+    f, f32 = np.ones, "float32"
     cases = [
-        ("shape_mismatch", f((2, 3)), f((2, 4)), None, "float32", "ValueError"),
-        ("x_norm_shape_mismatch", f((2, 3)), f((2, 3)), f((2, 4)), "float32", "ValueError"),
-        ("empty_rows", f((0, 4)), f((0, 4)), None, "float32", "ValueError"),
-        ("empty_features", f((2, 0)), f((2, 0)), None, "float32", "ValueError"),
-        ("integer_inputs", np.ones((2, 3), np.int32), np.ones((2, 3), np.int32), None, "int32", "TypeError"),
+        ("shape_mismatch", f((2, 3)), f((2, 4)), None, f32, "ValueError", "y"),
+        ("x_norm_shape_mismatch", f((2, 3)), f((2, 3)), f((2, 4)), f32, "ValueError", "x_norm"),
+        ("empty_rows", f((0, 4)), f((0, 4)), None, f32, "ValueError", "x"),
+        ("empty_features", f((2, 0)), f((2, 0)), None, f32, "ValueError", "x"),
+        ("scalar_inputs", f(()), f(()), None, f32, "ValueError", "x"),
+        ("scalar_y", f((2, 3)), f(()), None, f32, "ValueError", "y"),
+        ("integer_inputs", np.ones((2, 3), np.int32), np.ones((2, 3), np.int32), None, "int32", "TypeError", "x"),
+        ("bool_inputs", np.ones((2, 3), bool), np.ones((2, 3), bool), None, "bool", "TypeError", "x"),
+        ("complex_inputs", np.ones((2, 3), np.complex64), np.ones((2, 3), np.complex64), None, "complex64",
+         "TypeError", "x"),
+        ("complex_y", f((2, 3)), np.ones((2, 3), np.complex64), None, {"x": f32, "y": "complex64"},
+         "TypeError", "y"),
+        # The dtype check comes first (section 8): x_norm's dtype wins over its shape.
+        ("x_norm_integer", f((2, 3)), f((2, 3)), np.ones((2, 4), np.int32),
+         {"x": f32, "y": f32, "x_norm": "int32"}, "TypeError", "x_norm"),
     ]
     return [{"name": f"{name}_{mode}" + ("" if k == 1 else f"_k{k}"), "config": {"k_update": k}, "mode": mode,
-             "x": x, "y": y, "x_norm": xn, "dtype": dt, "error": err}
-            for name, x, y, xn, dt, err in cases for mode in ("train", "eval") for k in (1, 2)]
+             "x": x, "y": y, "x_norm": xn, "dtype": dt, "error": err, "argument": arg}
+            for name, x, y, xn, dt, err, arg in cases for mode in ("train", "eval") for k in (1, 2)]

@@ -61,7 +61,8 @@ def expected_case(case: dict) -> dict:
         result, state = reference_call(config, call["alpha0"], call["beta"], state, call["mode"],
                                        call["x"], call["y"], call["x_norm"], call["cotangent"])
         calls.append({**call, "expected": {**result, "state": dict(state)}})
-    return {"name": case["name"], "dtype": case["dtype"], "config": config.to_dict(),
+    mixed = {"input_dtypes": case["input_dtypes"]} if case.get("input_dtypes") else {}
+    return {"name": case["name"], "dtype": case["dtype"], **mixed, "config": config.to_dict(),
             "state": case["state"], "calls": calls}
 
 
@@ -70,7 +71,7 @@ def recast_case(case: dict, dtype: str) -> dict:
     mixed policy): inputs and cotangents rounded to ``dtype``, the reference's answers anew."""
     calls = [{k: round_to(v, dtype) if k in ("x", "y", "x_norm", "cotangent") and v is not None else v
               for k, v in call.items() if k != "expected"} for call in case["calls"]]
-    return expected_case({**case, "dtype": dtype, "calls": calls})
+    return expected_case({**case, "dtype": dtype, "input_dtypes": None, "calls": calls})
 
 
 def render_all() -> dict[str, str]:

@@ -10,11 +10,13 @@ resumes from every checkpoint.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from aion_conformance import registry
+from aion_conformance.drivers.protocol import CheckResult
 from aion_conformance.plotting import pyplot
 from aion_conformance.trajectory import reference
 from aion_conformance.trajectory.problem import (TOLERANCE, deviation, load_checkpoint, make_problem,
@@ -35,6 +37,54 @@ def train(target: str, checkpoint_out: str | None, starts: list[str]) -> dict:
         save_checkpoint(run(problem, RESUME_AT)["checkpoint"], checkpoint_out)
         return run(problem, STEPS)
     return {Path(p).stem: run(resume(problem, load_checkpoint(p)), STEPS - RESUME_AT) for p in starts}
+
+
+def hook_checks(driver) -> list[CheckResult]:
+    """Trajectory parity and checkpoints for a driver with a ``trajectory`` method (an outside one).
+
+    ``driver.trajectory(problem, steps)`` trains :func:`make_problem` (or a problem resumed
+    from a checkpoint) as a registry backend's trajectory model does and returns ``{"loss",
+    "alpha", "checkpoint"}``. Checked: its run against the float64 reference; its checkpoint
+    after ``RESUME_AT`` steps, through a portable ``.npz`` file, resumed on the reference; the
+    reference's checkpoint resumed on it. None for a driver without the method.
+    """
+    train = getattr(driver, "trajectory", None)
+    if train is None:
+        return []
+    problem = make_problem()
+    ref = reference.run(problem, STEPS)
+    want = {"loss": ref["loss"][RESUME_AT:], "alpha": ref["alpha"][RESUME_AT:]}
+    results = []
+
+    def check(check: str, case: str, label: str, run, expected) -> dict | None:
+        res = CheckResult(driver.name, check, case, "float32", "pass")
+        results.append(res)
+        try:
+            got = run()
+            dev = deviation(got, expected)
+        except Exception as e:  # noqa: BLE001 - a hook that crashes fails its check
+            res.status, res.messages = "fail", [f"[{label}] raised {type(e).__name__}: {str(e)[:300]}"]
+            return None
+        res.max_rel = max(dev.values())
+        if res.max_rel > TOLERANCE:
+            res.status = "fail"
+            res.messages = [f"[{label}] max rel deviation {dev} > {TOLERANCE:g}"]
+        return got
+
+    def through_file(checkpoint: dict) -> dict:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(checkpoint, Path(tmp) / "checkpoint.npz")
+            return load_checkpoint(Path(tmp) / "checkpoint.npz")
+
+    parity = "spec 10: trajectory parity"
+    check("trajectory", f"{STEPS} SGD steps vs the float64 reference", parity, lambda: train(problem, STEPS), ref)
+    ref_start = through_file(reference.run(problem, RESUME_AT)["checkpoint"])
+    check("checkpoint", "the reference's checkpoint resumed here", "spec 9: portable checkpoint",
+          lambda: train(resume(problem, ref_start), STEPS - RESUME_AT), want)
+    check("checkpoint", "this checkpoint resumed on the reference", "spec 9: portable checkpoint",
+          lambda: reference.run(resume(problem, through_file(train(problem, RESUME_AT)["checkpoint"])),
+                                STEPS - RESUME_AT), want)
+    return results
 
 
 def _train_on(backend: str, *args):
