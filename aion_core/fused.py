@@ -37,6 +37,7 @@ from array_api_compat import array_namespace
 
 from aion_core.config import AionConfig
 from aion_core.errors import check_inputs
+from aion_core.math import cast
 from aion_core.state import AionState
 from aion_core.step import _acc, _residual, alpha_from_ratio, multiply_add, smoothed_ratio
 
@@ -82,7 +83,7 @@ class Grads(NamedTuple):
 def _energy(xp, t, acc):
     # math.energy as the squared 2-norm over D: one reduction, no (..., D) temporary of
     # squares; equal to mean(t * t) within a few rounding errors.
-    norm = xp.linalg.vector_norm(xp.astype(t, acc, copy=False), axis=-1)
+    norm = xp.linalg.vector_norm(cast(xp, t, acc), axis=-1)
     return norm * norm / t.shape[-1]
 
 
@@ -108,20 +109,20 @@ def train_forward(x, y, x_norm, alpha0, beta, state: AionState, config: AionConf
             r = replica_mean(r)
         finite, r_s, new_ema = smoothed_ratio(xp, r, ema, config.ema_gamma)
         slope = 1.0 if config.ema_gamma == 1.0 else 1.0 - config.ema_gamma
-        ratio_slope = xp.astype(finite, acc) * slope
+        ratio_slope = cast(xp, finite, acc) * slope
         per_row = xp.where(finite, per_row, xp.zeros_like(per_row))
-        nonfinite = state.nonfinite_count + xp.astype(xp.logical_not(finite), state.nonfinite_count.dtype)
+        nonfinite = state.nonfinite_count + cast(xp, xp.logical_not(finite), state.nonfinite_count.dtype)
         ratio_stat = r
     else:
         denominator = per_row = ratio_slope = None
-        r_s = ratio_stat = xp.astype(ema, acc, copy=False)
+        r_s = ratio_stat = cast(xp, ema, acc)
         new_ema, nonfinite = ema, state.nonfinite_count
     alpha = alpha_from_ratio(xp, alpha0, beta, r_s)
     out = _residual(xp, x, y, alpha, fma)
     new_state = AionState(new_ema, state.step_count + 1, nonfinite)
     stats = {"alpha": alpha, "ratio": ratio_stat, "ratio_ema": new_ema}
     saved = Saved(x.dtype, x_norm is None, y, x_ref if update else None, denominator, per_row, ratio_slope,
-                  xp.astype(alpha0, acc, copy=False), xp.astype(beta, acc, copy=False), r_s, alpha)
+                  cast(xp, alpha0, acc), cast(xp, beta, acc), r_s, alpha)
     return out, new_state, stats, saved
 
 
@@ -139,8 +140,8 @@ def train_vjp(saved: Saved, dout, *, xp=None, replica_mean=None, fma=multiply_ad
     # The multiply-add (step._residual) runs in the accumulation dtype, alpha's: it is the
     # output's dtype for float32/float64 outputs and float32 for 16-bit ones.
     acc = alpha.dtype
-    dout_acc = xp.astype(dout, acc, copy=False)
-    y_acc = xp.astype(y, acc, copy=False)
+    dout_acc = cast(xp, dout, acc)
+    y_acc = cast(xp, y, acc)
     g_alpha = xp.sum(dout_acc * y_acc)
     q = 1.0 + saved.beta * saved.r_s
     d_q = -g_alpha * alpha / q
@@ -153,10 +154,10 @@ def train_vjp(saved: Saved, dout, *, xp=None, replica_mean=None, fma=multiply_ad
             d_r = replica_mean(d_r)
         scale = 2.0 * d_r / (math.prod(y.shape) * saved.denominator)  # d r / d E[y], per row, over D
         dy = fma(dy, scale[..., None], y_acc)
-        dx_ref = (-scale * saved.per_row)[..., None] * xp.astype(saved.x_ref, acc, copy=False)
+        dx_ref = (-scale * saved.per_row)[..., None] * cast(xp, saved.x_ref, acc)
         if saved.x_ref_is_x:
             dx = dx + dx_ref
         else:
-            dx_norm = xp.astype(dx_ref, saved.x_ref.dtype, copy=False)
-    return Grads(xp.astype(dx, saved.x_dtype, copy=False), xp.astype(dy, y.dtype, copy=False), dx_norm,
+            dx_norm = cast(xp, dx_ref, saved.x_ref.dtype)
+    return Grads(cast(xp, dx, saved.x_dtype), cast(xp, dy, y.dtype), dx_norm,
                  g_alpha / q, d_q * saved.r_s)

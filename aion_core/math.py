@@ -14,6 +14,17 @@ def accumulation_dtype(xp, *dtypes):
     return xp.float64 if any(d == xp.float64 for d in dtypes) else xp.float32
 
 
+def cast(xp, t, dtype):
+    """``t`` in ``dtype``: ``t`` itself when it already is (no op is recorded or dispatched).
+
+    >>> import numpy as np
+    >>> a = np.ones(2)
+    >>> cast(np, a, np.float64) is a, cast(np, a, np.float32).dtype
+    (True, dtype('float32'))
+    """
+    return t if t.dtype == dtype else xp.astype(t, dtype)
+
+
 def energy(xp, t, acc_dtype=None):
     """Mean of squares over the last axis, one value per row, in the accumulation dtype.
 
@@ -24,7 +35,7 @@ def energy(xp, t, acc_dtype=None):
     array([5., 4.])
     """
     acc_dtype = acc_dtype or accumulation_dtype(xp, t.dtype)
-    t = xp.astype(t, acc_dtype, copy=False)
+    t = cast(xp, t, acc_dtype)
     return xp.mean(t * t, axis=-1)
 
 

@@ -6,7 +6,7 @@ from array_api_compat import array_namespace
 
 from aion_core.config import AionConfig
 from aion_core.errors import check_inputs
-from aion_core.math import accumulation_dtype, batch_ratio, compute_alpha
+from aion_core.math import accumulation_dtype, batch_ratio, cast, compute_alpha
 from aion_core.state import AionState
 
 
@@ -25,8 +25,8 @@ def _acc(xp, x, y, x_norm):
 
 def alpha_from_ratio(xp, alpha0, beta, ratio):
     # Scalars are computed in the accumulation dtype (float32, or float64 for float64 inputs).
-    return compute_alpha(xp.astype(alpha0, ratio.dtype, copy=False),
-                         xp.astype(beta, ratio.dtype, copy=False), ratio)
+    return compute_alpha(cast(xp, alpha0, ratio.dtype),
+                         cast(xp, beta, ratio.dtype), ratio)
 
 
 def output_dtype(xp, x_dtype, y_dtype):
@@ -67,10 +67,10 @@ def _residual(xp, x, y, alpha, fma=multiply_add):
     # so alpha's gradient, sum(dout * y), is not summed in 16 bits either.
     out_dtype = output_dtype(xp, x.dtype, y.dtype)
     if out_dtype == alpha.dtype or out_dtype == xp.float64:
-        return fma(x, xp.astype(alpha, out_dtype, copy=False), y)
+        return fma(x, cast(xp, alpha, out_dtype), y)
     acc = alpha.dtype
-    out = fma(xp.astype(x, acc, copy=False), alpha, xp.astype(y, acc, copy=False))
-    return xp.astype(out, out_dtype, copy=False)
+    out = fma(cast(xp, x, acc), alpha, cast(xp, y, acc))
+    return cast(xp, out, out_dtype)
 
 
 def smoothed_ratio(xp, r, ema, gamma: float, stop_gradient=_identity):
@@ -80,13 +80,13 @@ def smoothed_ratio(xp, r, ema, gamma: float, stop_gradient=_identity):
     ``r``'s dtype and carries ``r``'s gradient, scaled by ``1 - gamma`` (1 when ``gamma = 1``),
     except where ``r`` is not finite.
     """
-    finite = xp.isfinite(xp.astype(r, ema.dtype, copy=False))
+    finite = xp.isfinite(cast(xp, r, ema.dtype))
     # A non-finite ratio is replaced before any arithmetic, so neither the state
     # nor the gradient ever sees it: the step falls back to the stored ratio.
-    ema_acc = xp.astype(ema, r.dtype, copy=False)
+    ema_acc = cast(xp, ema, r.dtype)
     r_safe = xp.where(finite, r, ema_acc)
     r_s = r_safe if gamma == 1.0 else gamma * ema_acc + (1.0 - gamma) * r_safe
-    new_ema = xp.where(finite, xp.astype(stop_gradient(r_s), ema.dtype, copy=False), ema)
+    new_ema = xp.where(finite, cast(xp, stop_gradient(r_s), ema.dtype), ema)
     return finite, r_s, new_ema
 
 
@@ -146,10 +146,10 @@ def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig,
         # the largest float64 that still rounds to it) rounds to the largest float32 for
         # every gamma (tests/test_core.py sweeps it).
         finite, r_s, new_ema = smoothed_ratio(xp, r, ema, config.ema_gamma, sg)
-        nonfinite = nonfinite + xp.astype(xp.logical_not(finite), nonfinite.dtype, copy=False)
+        nonfinite = nonfinite + cast(xp, xp.logical_not(finite), nonfinite.dtype)
         ratio_stat = r
     else:
-        r_s = xp.astype(ema, _acc(xp, x, y, x_norm), copy=False)
+        r_s = cast(xp, ema, _acc(xp, x, y, x_norm))
         new_ema = ema
         ratio_stat = r_s  # in the accumulation dtype, like the batch ratio of update steps
     alpha = alpha_from_ratio(xp, alpha0, beta, r_s)
@@ -169,7 +169,7 @@ def eval_step(x, y, alpha0, beta, state: AionState, *, x_norm=None, xp=None,
     xp = xp or array_namespace(x, y)
     check_inputs(xp, x, y, x_norm)
     ema = (stop_gradient or _identity)(state.ratio_ema)
-    ratio = xp.astype(ema, _acc(xp, x, y, x_norm), copy=False)
+    ratio = cast(xp, ema, _acc(xp, x, y, x_norm))
     alpha = alpha_from_ratio(xp, alpha0, beta, ratio)
     out = _residual(xp, x, y, alpha)
     return out, {"alpha": (stop_gradient or _identity)(alpha), "ratio": ratio, "ratio_ema": ema}

@@ -25,6 +25,7 @@ class _TrainStep(torch.autograd.Function):
         out, new, stats, saved = fused.train_forward(x, y, x_norm, alpha0, beta, state, config, xp=xp,
                                                      update=update, replica_mean=replica_mean, fma=_addcmul)
         ctx.save_for_backward(*saved[2:])
+        ctx.set_materialize_grads(False)  # no zero tensors for the state and stats outputs' gradients
         ctx.x_dtype, ctx.x_ref_is_x, ctx.replica_mean = saved.x_dtype, saved.x_ref_is_x, replica_mean
         ctx.param_dtype = alpha0.dtype
         outputs = (new.ratio_ema, new.step_count, new.nonfinite_count, stats["alpha"], stats["ratio"])

@@ -15,21 +15,25 @@ def _detach(t: torch.Tensor) -> torch.Tensor:
     return t.detach()
 
 
-@torch.library.custom_op("aion_pytorch::snapshot", mutates_args=())
-def _snapshot(t: torch.Tensor) -> torch.Tensor:
-    """A copy of ``t`` that the compiled backward cannot recompute from ``t`` itself.
-
-    Inductor's partitioner may recompute a cheap saved value in the backward instead of
-    saving it; recomputing ``clone(ratio_ema)`` there reads the buffer after the forward
-    has updated it in place (torch 2.13: beta's gradient off by ~1e-3 relative whenever the
-    batch ratio is also an output). It never recomputes a custom op, so this copy is saved.
-    """
+def _clone(t: torch.Tensor) -> torch.Tensor:
     return t.clone()
 
 
-@_snapshot.register_fake
-def _(t):
+def _empty_like(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(t)
+
+
+# An opaque op that copies ``ratio_ema`` under torch.compile. Inductor's partitioner may
+# recompute a cheap saved value in the backward instead of saving it; recomputing
+# ``clone(ratio_ema)`` there reads the buffer after the forward has updated it in place
+# (torch 2.13: beta's gradient off by ~1e-3 relative whenever the batch ratio is also an
+# output). It never recomputes an opaque op, so this copy is saved. Defined with the
+# low-level torch.library API: a call costs ~4 us, against ~60 us for torch.library.custom_op.
+_LIBRARY = torch.library.Library("aion_pytorch", "FRAGMENT")
+_LIBRARY.define("snapshot(Tensor t) -> Tensor")
+_LIBRARY.impl("snapshot", _clone, "CompositeExplicitAutograd")
+torch.library.register_fake("aion_pytorch::snapshot", _empty_like, lib=_LIBRARY)
+_snapshot = torch.ops.aion_pytorch.snapshot
 
 
 def _version(t: torch.Tensor) -> int | None:

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from aion_conformance.bench.models import FLOOR
 from aion_conformance.bench.timing import BACKENDS, ORIGINAL, VARIANTS, plot, run_benchmarks, table
 
 
@@ -22,7 +23,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS)
     p.add_argument("--widths", nargs="+", type=int, default=[64, 128, 512])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, ORIGINAL],
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, ORIGINAL, FLOOR],
                    help="plain is always timed: the ratios are to it")
     p.add_argument("--seconds", type=float, default=20.0, help="timing budget per backend, width and mode")
     p.add_argument("--warmup", type=int, default=5)

@@ -3,7 +3,8 @@
 4 pre-norm feed-forward blocks (LayerNorm, Linear(D, 4D), GELU, Linear(4D, D)) on a
 (B, T, D) batch, AdamW(lr 1e-3, betas 0.9/0.95, no weight decay), MSE to a random target.
 Variants: ``plain`` (``x + y``), ``aion`` (AionBlock, k_update=1), ``aion-k4`` (k_update=4),
-and on torch ``aion-torch-1.0.2`` (the original's AionBlock, when installed).
+and on torch ``aion-torch-1.0.2`` (the original's AionBlock, when installed) and ``aion-floor``
+(:mod:`aion_conformance.bench.floor`, the fewest-op eager bound).
 Each ``step()`` runs one training step and waits for it to finish on the device.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 BLOCKS = 4
+#: torch only: the eager floor (:mod:`aion_conformance.bench.floor`), a bound, not an implementation.
+FLOOR = "aion-floor"
 
 
 def _data(batch, seq, width):
@@ -25,7 +28,7 @@ def _k(variant):
 
 
 def _aion_kwargs(variant):
-    return {} if variant == "aion-torch-1.0.2" else {"k_update": _k(variant)}
+    return {} if variant in ("aion-torch-1.0.2", FLOOR) else {"k_update": _k(variant)}
 
 
 def torch_model(width: int, variant: str, blocks: int = BLOCKS):
@@ -35,7 +38,10 @@ def torch_model(width: int, variant: str, blocks: int = BLOCKS):
     from aion_conformance import original
     from aion_pytorch import AionBlock
 
-    block_cls = original.load().AionBlock if variant == "aion-torch-1.0.2" else AionBlock
+    from aion_conformance.bench.floor import FloorBlock
+
+    block_cls = {"aion-torch-1.0.2": lambda: original.load().AionBlock, FLOOR: lambda: FloorBlock}.get(
+        variant, lambda: AionBlock)()
     torch.manual_seed(0)
 
     def ff():

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from aion_conformance import original, registry
+from aion_conformance.bench.models import FLOOR
 from aion_conformance.plotting import pyplot
 
 #: Backends with a benchmark step, in registry order.
@@ -38,8 +39,9 @@ def bench_backend(backend: str, widths: list[int], variants: list[str], seconds:
     for width in widths:
         for mode in modes:
             extra = {"device": device, "compiled": mode} if backend == "torch" else {}
-            # The original reads its ratio on the host (.item()), a graph break: eager only.
-            made = {v: make(width, v, batch, seq, **extra) for v in variants if not (mode and v == ORIGINAL)}
+            # The original reads its ratio on the host (.item()), a graph break; the floor is an
+            # eager bound: both eager only.
+            made = {v: make(width, v, batch, seq, **extra) for v in variants if not (mode and v in (ORIGINAL, FLOOR))}
             rows.append(_time_variants(backend, width, made, seconds, warmup))
     return rows
 
@@ -92,7 +94,7 @@ def run_benchmarks(backends, widths, seconds, warmup, batch, seq, variants=VARIA
 
 
 def table(rows: list[dict]) -> list[str]:
-    shown = [v for v in (*VARIANTS[1:], ORIGINAL) if any(v in r["overhead"] for r in rows)]
+    shown = [v for v in (*VARIANTS[1:], ORIGINAL, FLOOR) if any(v in r["overhead"] for r in rows)]
     lines = ["| backend | device | D | rounds | plain ms | " + " | ".join(f"{v} ms" for v in shown) + " | "
              + " | ".join(f"{v} / plain" for v in shown) + " |", "|---" * (5 + 2 * len(shown)) + "|"]
     for r in rows:
@@ -112,7 +114,7 @@ def plot(rows: list[dict], path: Path) -> None:
     if plt is None or not rows:
         return
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 3.8))
-    shown = [v for v in (*VARIANTS[1:], ORIGINAL) if any(v in r["overhead"] for r in rows)]
+    shown = [v for v in (*VARIANTS[1:], ORIGINAL, FLOOR) if any(v in r["overhead"] for r in rows)]
     width = 0.8 / len(shown)
     for j, v in enumerate(shown):
         ax.bar([i + width * j for i in range(len(rows))], [r["overhead"].get(v, 0.0) for r in rows], width,

@@ -1,0 +1,25 @@
+"""The eager floor (conformance/bench/floor.py) computes what the torch adapter computes, so its time is a bound."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from aion_conformance.bench.floor import FloorResidual  # noqa: E402
+from aion_pytorch import AionResidual  # noqa: E402
+
+
+def test_floor_matches_the_adapter_over_training_steps():
+    torch.manual_seed(0)
+    floor, aion = FloorResidual(alpha0=0.2, beta=0.7), AionResidual(alpha0=0.2, beta=0.7)
+    for step in range(3):
+        x, y, xn, dout = (torch.randn(4, 5, 16) * s for s in (1.0, 2.0 + step, 1.0, 1.0))
+        results = []
+        for layer in (floor, aion):
+            inputs = [t.clone().requires_grad_() for t in (x, y, xn)]
+            out = layer(*inputs[:2], inputs[2]) if layer is floor else layer(*inputs[:2], x_norm=inputs[2])
+            out.backward(dout)
+            results.append([out.detach(), *(t.grad for t in inputs), layer.alpha0.grad.clone(),
+                            layer.beta.grad.clone(), layer.ratio_ema.clone()])
+            layer.alpha0.grad = layer.beta.grad = None
+        for got, want in zip(*results):
+            torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-7)
