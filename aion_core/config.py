@@ -32,6 +32,11 @@ def _float32(value: float) -> float:
         return math.copysign(math.inf, value)
 
 
+#: The smallest normal float32 number. XLA (JAX, TensorFlow) and GPUs flush smaller
+#: (subnormal) float32 values to zero, numpy and torch on CPU do not.
+FLOAT32_TINY = 2.0**-126
+
+
 def _in_float32(name: str, value: float, why: str, positive: bool) -> None:
     """Refuse a value that float32, the dtype it is held or used in, turns into inf or 0."""
     rounded = _float32(value)
@@ -74,7 +79,8 @@ class AionConfig:
         EMA factor of the running ratio, in [0, 1]; 1 means no smoothing.
     epsilon : float
         Added to the input energy before dividing; must be positive (> 0), also once
-        rounded to float32 (it is added in float32 for all but float64 inputs).
+        rounded to float32 (it is added in float32 for all but float64 inputs), and a
+        normal float32 number (>= 2**-126): XLA and GPUs flush subnormals to zero.
     k_update : int
         Recompute the ratio every ``k_update`` training steps; must be >= 1 and at most
         ``2**31 - 1`` (the step counter is int32).
@@ -122,6 +128,11 @@ class AionConfig:
         _in_float32("alpha0", alpha0, "its storage dtype", positive=True)
         _in_float32("beta", beta, "its storage dtype", positive=False)
         _in_float32("epsilon", epsilon, "it is added to float32 energies", positive=True)
+        if _float32(epsilon) < FLOAT32_TINY:
+            # A subnormal epsilon is 0 where XLA or a GPU flushes it: an all-zero input
+            # would give 0 / 0 there and 0 on numpy and torch CPU.
+            raise ValueError(f"epsilon must be at least {FLOAT32_TINY:.8g} (float32's smallest normal number; "
+                             f"subnormals are flushed to zero by XLA and GPUs), got {epsilon}")
         if isinstance(self.k_update, bool) or not isinstance(self.k_update, Integral):
             raise TypeError(f"k_update must be an int, got {type(self.k_update).__name__}")
         if self.k_update < 1:

@@ -17,6 +17,7 @@ AionState(ratio_ema=array(1.5, dtype=float32), step_count=array(3, dtype=int32),
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -28,6 +29,7 @@ PARAM_NAMES = ("alpha0", "beta")
 #: Entry name -> dtype name of one layer's portable entries.
 ENTRY_DTYPES = {**dict.fromkeys(PARAM_NAMES, "float32"),
                 **{name: spec[0] for name, spec in STATE_SPEC.items()}}
+_INT32_MAX = 2**31 - 1
 #: Entries that older checkpoints hold and loaders ignore (aion-torch 1.0.2's derived alpha).
 IGNORED_ENTRIES = ("alpha_cached",)
 #: Entries a loader fills in when absent (aion-torch 1.0.2 had no ``nonfinite_count``).
@@ -38,14 +40,18 @@ def entry(name: str, value, key: str | None = None) -> np.ndarray:
     """``value`` as the 0-d numpy array of entry ``name`` in its portable dtype.
 
     ``value`` must be a real number: a bool, an integer or a float of any width (it must
-    cast to float64 without loss of kind); the messages name ``key``, the full key, if given.
+    cast to float64 without loss of kind), which the cast keeps: a counter (``step_count``,
+    ``nonfinite_count``) an integer in ``[0, 2**31 - 1]`` (``3.0`` is one, ``3.7`` is
+    not); ``alpha0``, ``beta`` and ``ratio_ema`` finite in float32, ``ratio_ema`` also
+    ``>= 0`` (an energy ratio; non-finite data never reaches the state). The messages name
+    ``key``, the full key, if given.
 
     Raises
     ------
     TypeError
         ``value`` is complex or not numeric (a string, an object, a date).
     ValueError
-        ``value`` is not 0-d.
+        ``value`` is not 0-d, or the cast would change it, or it is out of range.
 
     Examples
     --------
@@ -59,13 +65,29 @@ def entry(name: str, value, key: str | None = None) -> np.ndarray:
     Traceback (most recent call last):
     ...
     ValueError: checkpoint entry 'beta' must be 0-d, got shape (2,)
+    >>> entry("step_count", 3.7)
+    Traceback (most recent call last):
+    ...
+    ValueError: checkpoint entry 'step_count' must be an integer in [0, 2147483647], got 3.7
     """
+    label = repr(key or name)
     array = np.asarray(value)
     if not np.can_cast(array.dtype, np.float64):  # complex, str, object, datetime, raw bytes
-        raise TypeError(f"checkpoint entry {key or name!r} must be a real number, got {array.dtype}")
+        raise TypeError(f"checkpoint entry {label} must be a real number, got {array.dtype}")
     if array.shape != ():
-        raise ValueError(f"checkpoint entry {key or name!r} must be 0-d, got shape {array.shape}")
-    return array.astype(ENTRY_DTYPES[name])
+        raise ValueError(f"checkpoint entry {label} must be 0-d, got shape {array.shape}")
+    dtype = ENTRY_DTYPES[name]
+    number = array.item()
+    if dtype == "int32":
+        if not (math.isfinite(number) and float(number).is_integer() and 0 <= number <= _INT32_MAX):
+            raise ValueError(f"checkpoint entry {label} must be an integer in [0, {_INT32_MAX}], got {number}")
+        return np.asarray(int(number), dtype)
+    with np.errstate(over="ignore"):
+        cast = array.astype(dtype)
+    if not np.isfinite(cast) or (name == "ratio_ema" and cast < 0):
+        bound = "finite and >= 0" if name == "ratio_ema" else "finite"
+        raise ValueError(f"checkpoint entry {label} must be {bound} in float32, got {number}")
+    return cast
 
 
 def layer_entries(entries: Mapping, prefix: str = "") -> dict[str, np.ndarray]:

@@ -175,12 +175,17 @@ class AionResidual(nn.Module):
     def _upgrade_state_dict(self, state_dict, prefix, *args, **kwargs):
         # aion-torch 1.0.2 checkpoints (spec section 9): alpha_cached is derived state here
         # (eval alpha is recomputed from alpha0, beta and ratio_ema), nonfinite_count is new.
-        # A complex entry is refused before any of this layer's entries is written (torch
-        # would keep its real part); other checks (missing, unexpected, shape) are torch's.
+        # Each 0-d entry is checked as aion_core.portable reads it (complex, non-integral or
+        # out-of-range counters, a non-finite ratio) before any of this layer's entries is
+        # written: torch would keep a complex value's real part, truncate 3.7 to 3 and store
+        # a NaN ratio. Other checks (missing, unexpected, shape) are torch's. (A host read,
+        # at load time only.)
         for name in aion_core.portable.ENTRY_DTYPES:
             value = state_dict.get(prefix + name)
-            if isinstance(value, torch.Tensor) and value.is_complex():
-                raise TypeError(f"checkpoint entry {prefix + name!r} must be a real number, got {value.dtype}")
+            if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_meta:
+                number = value.detach().cpu()
+                number = number.double() if number.is_floating_point() else number  # numpy has no bfloat16
+                aion_core.portable.entry(name, number.numpy(), key=prefix + name)
         for name in aion_core.portable.IGNORED_ENTRIES:
             state_dict.pop(prefix + name, None)
         for name, value in aion_core.portable.DEFAULTS.items():

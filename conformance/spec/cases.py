@@ -145,6 +145,8 @@ CONFIG_ERRORS = [
     # bool is an int in Python, but not a hyper-parameter value; nor is an integral float.
     ({"alpha0": True}, "TypeError"), ({"ema_gamma": False}, "TypeError"),
     ({"k_update": True}, "TypeError"), ({"k_update": 2.0}, "TypeError"),
+    # A subnormal float32 epsilon: XLA and GPUs flush it to zero, numpy and torch do not.
+    ({"epsilon": 1e-40}, "ValueError"),
 ]
 
 

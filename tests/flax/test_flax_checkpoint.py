@@ -115,6 +115,15 @@ _BAD = {
     "not 0-d": (lambda f, last: {**f, last + "ratio_ema": np.ones(2, np.float32)}, ValueError, "ratio_ema"),
     "complex": (lambda f, last: {**f, last + "ratio_ema": np.asarray(2 + 1j)}, TypeError, "ratio_ema"),
     "string": (lambda f, last: {**f, last + "step_count": np.asarray("3")}, TypeError, "step_count"),
+    # Values the cast to the entry's dtype would change (spec section 9).
+    "fractional counter": (lambda f, last: {**f, last + "step_count": np.asarray(3.7)}, ValueError, "step_count"),
+    "counter beyond int32": (lambda f, last: {**f, last + "nonfinite_count": np.asarray(2**40)}, ValueError,
+                             "nonfinite_count"),
+    "negative counter": (lambda f, last: {**f, last + "step_count": np.asarray(-1)}, ValueError, "step_count"),
+    "NaN ratio": (lambda f, last: {**f, last + "ratio_ema": np.asarray(np.nan)}, ValueError, "ratio_ema"),
+    "ratio beyond float32": (lambda f, last: {**f, last + "ratio_ema": np.asarray(1e300)}, ValueError, "ratio_ema"),
+    "negative ratio": (lambda f, last: {**f, last + "ratio_ema": np.asarray(-0.5)}, ValueError, "ratio_ema"),
+    "infinite alpha0": (lambda f, last: {**f, last + "alpha0": np.asarray(np.inf)}, ValueError, "alpha0"),
 }
 
 

@@ -280,6 +280,22 @@ def test_a_complex_checkpoint_entry_is_refused_and_nothing_is_written(name):
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
+@pytest.mark.parametrize("name, value", [("step_count", 3.7), ("step_count", -1), ("nonfinite_count", 2**40),
+                                         ("ratio_ema", float("nan")), ("ratio_ema", 1e300), ("ratio_ema", -0.5),
+                                         ("alpha0", float("inf"))])
+def test_a_checkpoint_value_the_cast_would_change_is_refused_and_nothing_is_written(name, value):
+    """Spec section 9: torch would truncate 3.7 to 3, wrap 2**40 and store a NaN ratio."""
+    m = AionResidual(k_update=2)
+    before = _state(m)
+    new = {k: v + 1 for k, v in before.items()}
+    dtype = torch.float64 if isinstance(value, float) else torch.int64
+    with pytest.raises(ValueError, match=f"'{name}'"):
+        m.load_state_dict({**new, name: torch.tensor(value, dtype=dtype)})
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    m.load_state_dict({**new, "step_count": torch.tensor(4.0), "ratio_ema": torch.tensor(2.5, dtype=torch.bfloat16)})
+    assert int(m.step_count) == 4 and float(m.ratio_ema) == 2.5  # integral floats and 16-bit values load
+
+
 @pytest.mark.parametrize("cast", ["half", "bfloat16", "double", "to_float16"])
 def test_module_casts_keep_aion_parameters_and_state_float32(cast):
     block = AionBlock(torch.nn.Linear(8, 8), 8)
