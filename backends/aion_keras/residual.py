@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 import aion_core
@@ -77,6 +78,17 @@ class AionResidual(keras.layers.Layer):
             setattr(self, name, variable)
         # Every weight exists now and none depends on the input shape.
         self._build_at_init()
+
+    def load_own_variables(self, store):
+        """Keras' weight loading (``load_weights``, ``load_model``), every entry checked first.
+
+        As spec section 9 reads a checkpoint (:func:`aion_core.portable.entry`): a fractional
+        or out-of-range counter or a non-finite ratio is refused before any variable is written.
+        """
+        for i, variable in enumerate(self._trainable_variables + self._non_trainable_variables):
+            if str(i) in store:
+                aion_core.portable.entry(variable.name, np.asarray(store[str(i)]), key=variable.path)
+        super().load_own_variables(store)
 
     def call(self, x: Tensor, y: Tensor, x_norm: Tensor | None = None, training: bool | None = None,
              return_stats: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:

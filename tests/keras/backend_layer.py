@@ -132,3 +132,31 @@ def test_mixed_precision_energies_do_not_overflow(policy):
         assert np.isfinite(state_of(layer)["ratio_ema"])
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+class _Net(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.aion = AionResidual()
+
+    def call(self, x, training=None):
+        return self.aion(x, 2 * x, training=training)
+
+
+@pytest.mark.parametrize("index, value", [(2, np.nan), (3, 3.7), (4, -1.0), (0, np.inf)])
+def test_a_weight_file_value_the_cast_would_change_is_refused(index, value, tmp_path):
+    """Spec section 9 through Keras' own loading: nothing is written when one entry is bad."""
+    net = _Net()
+    net(np.ones((2, 4), np.float32), training=True)
+    path = tmp_path / "aion.weights.h5"
+    net.save_weights(path)
+    before = state_of(net.aion)
+    store = {str(i): np.asarray(v) for i, v in enumerate(net.aion.get_weights())}
+    store[str(index)] = np.asarray(value)
+    with pytest.raises(ValueError, match=["alpha0", "beta", "ratio_ema", "step_count", "nonfinite_count"][index]):
+        net.aion.load_own_variables(store)
+    assert state_of(net.aion) == before
+    fresh = _Net()
+    fresh(np.ones((2, 4), np.float32))
+    fresh.load_weights(path)  # a good file still loads
+    assert state_of(fresh.aion) == before
