@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import asdict
 
@@ -20,6 +21,28 @@ _DIRTY_STATE = {"ratio_ema": 1.75, "step_count": 3, "nonfinite_count": 1}
 _FLOAT32_QUANTITIES = ("grad.alpha0", "grad.beta")
 #: Integer state, which must match exactly.
 _COUNTERS = [name for name, (dtype, _, _) in STATE_SPEC.items() if dtype.startswith("int")]
+#: The MUST of the spec each kind of failure breaks: every failure message starts with its label.
+MUSTS = {
+    "out": "spec 4: output",
+    "out_dtype": "spec 4: output dtype",
+    "stats": "spec 7a: stats",
+    "state": "spec 5: state update",
+    "eval state": "spec 3: eval changes no state",
+    "nonfinite state": "spec 5: non-finite data never reaches the state",
+    "grad": "spec 7: gradients",
+    "crash": "spec 10: every vector runs",
+    "config class": "spec 2: validation error class",
+    "config argument": "spec 2: the message names the argument",
+    "call class": "spec 8: error class",
+    "call argument": "spec 8: the message names the argument",
+    "failed call state": "spec 5: a failed call changes no state",
+}
+
+
+def _must(kind: str, case: dict | None = None) -> str:
+    """``[label]``, with what the vector ``case`` targets (its ``must``) when it has one."""
+    target = f"; {case['name']} targets {case['must']}" if case and case.get("must") else ""
+    return f"[{MUSTS[kind]}{target}]"
 
 
 def input_dtypes(case: dict) -> dict[str, str]:
@@ -52,7 +75,7 @@ def run_vector(driver, case: dict, execution: Execution = DEFAULT_EXECUTION) -> 
     try:
         _check_calls(driver, case, res)
     except Exception as e:  # noqa: BLE001 - a driver that cannot run a cell fails it, the others still run
-        res.messages.append(f"raised {type(e).__name__}: {str(e)[:300]}")
+        res.messages.append(f"{_must('crash', case)} raised {type(e).__name__}: {str(e)[:300]}")
         for part in res.parts.values() or [res.parts.setdefault("train fwd", [0.0, 0])]:
             part[1] = part[1] or 1  # the parts reached fail with it
     if res.messages:
@@ -74,21 +97,26 @@ def _check_calls(driver, case: dict, res: CheckResult) -> None:
         want = call["expected"]
         if got.get("out_dtype") != out_dtype:
             res.parts.setdefault(f"{call['mode']} fwd", [0.0, 0])[1] += 1
-            res.messages.append(f"call {i}: out_dtype {got.get('out_dtype')!r}, expected {out_dtype!r} "
+            res.messages.append(f"{_must('out_dtype', case)} call {i}: out_dtype {got.get('out_dtype')!r}, "
+                                f"expected {out_dtype!r} "
                                 f"(x {dtypes['x']}, y {dtypes['y']}; spec section 4)")
         pairs = [("out", got["out"], want["out"])]
         pairs += [(f"stats.{k}", got["stats"][k], v) for k, v in want["stats"].items()]
         state = driver.get_state(layer)
         pairs.append(("state.ratio_ema", state["ratio_ema"], want["state"]["ratio_ema"]))
+        state_kind = "eval state" if call["mode"] == "eval" else "state"
+        if not math.isfinite(state["ratio_ema"]):
+            res.messages.append(f"{_must('nonfinite state', case)} call {i}: state.ratio_ema = {state['ratio_ema']}")
         for k in _COUNTERS:
             if int(state[k]) != int(want["state"][k]):
-                res.messages.append(f"call {i}: state.{k} = {state[k]}, expected {want['state'][k]}")
+                res.messages.append(f"{_must(state_kind, case)} call {i}: state.{k} = {state[k]}, "
+                                    f"expected {want['state'][k]}")
         if cot is not None and "grads" in want:
             pairs += [(f"grad.{k}", got["grads"].get(k), v) for k, v in want["grads"].items()]
         for name, g, w in pairs:
             part = res.parts.setdefault(f"{call['mode']} {'bwd' if name.startswith('grad.') else 'fwd'}", [0.0, 0])
             if g is None:
-                res.messages.append(f"call {i}: {name} missing")
+                res.messages.append(f"{_must(_kind(name, call['mode']), case)} call {i}: {name} missing")
                 part[1] += 1
                 continue
             tol = max(rtol, RTOL["float32"]) if name in _FLOAT32_QUANTITIES else rtol
@@ -97,22 +125,31 @@ def _check_calls(driver, case: dict, res: CheckResult) -> None:
             part[0] = max(part[0], r)
             if not ok:
                 part[1] += 1
-                res.messages.append(f"call {i} ({call['mode']}): {name}: {why}")
+                res.messages.append(f"{_must(_kind(name, call['mode']), case)} "
+                                    f"call {i} ({call['mode']}): {name}: {why}")
 
 
-def _expect_error(res: CheckResult, err_name: str, argument: str, fn) -> bool:
-    """Whether ``fn()`` raises ``err_name`` with a message naming ``argument`` (spec section 8)."""
+def _kind(quantity: str, mode: str) -> str:
+    """The :data:`MUSTS` key of a compared quantity ("out", "stats.alpha", "grad.y", ...)."""
+    if quantity.startswith("state."):
+        return "eval state" if mode == "eval" else "state"
+    return quantity.split(".", 1)[0]
+
+
+def _expect_error(res: CheckResult, err_name: str, argument: str, fn, where: str = "call") -> bool:
+    """Whether ``fn()`` raises ``err_name`` with a message naming ``argument`` (spec sections 2, 8)."""
     try:
         fn()
     except ERROR_CLASSES[err_name] as e:
         if re.search(rf"(?<![\w.]){re.escape(argument)}(?!\w)", str(e)):
             return True
-        res.messages.append(f"the message does not name {argument}: {type(e).__name__}({str(e)[:200]!r})")
+        res.messages.append(f"{_must(where + ' argument')} the message does not name {argument}: "
+                            f"{type(e).__name__}({str(e)[:200]!r})")
         return False
     except Exception as e:  # noqa: BLE001 - the wrong class is the finding
-        res.messages.append(f"raised {type(e).__name__} ({e}), expected {err_name}")
+        res.messages.append(f"{_must(where + ' class')} raised {type(e).__name__} ({e}), expected {err_name}")
         return False
-    res.messages.append(f"raised nothing, expected {err_name}")
+    res.messages.append(f"{_must(where + ' class')} raised nothing, expected {err_name}")
     return False
 
 
@@ -120,7 +157,7 @@ def run_config_errors(driver) -> list[CheckResult]:
     results = []
     for config, err in CONFIG_ERRORS:
         res = CheckResult(driver.name, "config_error", f"config {config}", "-", "pass")
-        _expect_error(res, err, next(iter(config)), lambda: driver.make(config))
+        _expect_error(res, err, next(iter(config)), lambda: driver.make(config), where="config")
         res.status = "fail" if res.messages else "pass"
         results.append(res)
     return results
@@ -142,7 +179,7 @@ def run_call_errors(driver, execution: Execution = DEFAULT_EXECUTION) -> list[Ch
                 layer, case["mode"], case["x"], case["y"], case["x_norm"], None, case["dtype"])):
             after = driver.get_state(layer)
             if {k: float(v) for k, v in after.items()} != {k: float(v) for k, v in before.items()}:
-                res.messages.append(f"state changed by a failed call: {before} -> {after}")
+                res.messages.append(f"{_must('failed call state')} state changed by a failed call: {before} -> {after}")
         res.status = "fail" if res.messages else "pass"
         results.append(res)
     return results

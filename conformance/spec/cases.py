@@ -71,6 +71,32 @@ def _cancelling_calls(rng, dtype, shape, modes, state) -> list[dict]:
     return calls
 
 
+#: What each vector is there to hold implementations to (shown with its failures).
+CASE_MUSTS = {
+    "train_xnorm_f32": "spec 4, 5: the ratio from x_norm, EMA over update steps",
+    "train_no_xnorm_f32": "spec 4: the ratio from x when x_norm is not given",
+    "strong_beta_f32": "spec 4: alpha0 / (1 + beta * r_s)",
+    "gamma1_f32": "spec 5: ema_gamma = 1 stores the batch ratio",
+    "gamma0_f64": "spec 5: ema_gamma = 0 keeps the stored ratio",
+    "k_update3_f32": "spec 5: hold steps (k_update > 1) reuse the stored ratio",
+    "eval_fresh_f32": "spec 6: eval alpha from the current parameters and the stored ratio",
+    "basic_f64": "spec 4: float64 inputs accumulate in float64",
+    "vector_1d_f32": "spec 1: a 1-D input is one row",
+    "large_rms_f16": "spec 4: energies in float32, never rounded to float16",
+    "basic_bf16": "spec 4: bfloat16 inputs",
+    "nonfinite_f32": "spec 5: the non-finite guard",
+    "f64_beyond_float32": "spec 5: the guard tests float32(r)",
+    "all_zero_f16": "spec 4: epsilon added in float32 after the energy",
+    "k_update3_resumed_f32": "spec 4a, 5: the schedule follows a step_count set from outside",
+    "mixed_f32_bf16": "spec 4: mixed input dtypes",
+    "mixed_bf16_f16": "spec 4: mixed input dtypes (float16 with bfloat16 gives float32)",
+    "mixed_f16_xnorm_f64": "spec 4: mixed input dtypes (float64 x_norm: float64 accumulation)",
+    "mixed_f64_f32": "spec 4: mixed input dtypes",
+    "cancelling_bf16": "spec 4: the 16-bit multiply-add in float32, rounded once",
+    "cancelling_f16": "spec 4: the 16-bit multiply-add in float32, rounded once",
+}
+
+
 def vector_cases() -> list[dict]:
     """The golden-vector cases: name, dtype, config, initial state and a sequence of calls."""
     rng = np.random.default_rng(20261123)
@@ -124,7 +150,7 @@ def vector_cases() -> list[dict]:
     cases += [{"name": f"cancelling_{short}", "dtype": dtype, "config": {}, "state": dict(fresh),
                "calls": _cancelling_calls(rng, dtype, (4, 64), [T, T, E], fresh)}
               for short, dtype in (("bf16", "bfloat16"), ("f16", "float16"))]
-    return cases
+    return [{**case, "must": CASE_MUSTS[case["name"]]} for case in cases]
 
 
 #: Constructor arguments that must be refused: (config, error class name). The message must

@@ -62,7 +62,8 @@ def expected_case(case: dict) -> dict:
                                        call["x"], call["y"], call["x_norm"], call["cotangent"])
         calls.append({**call, "expected": {**result, "state": dict(state)}})
     mixed = {"input_dtypes": case["input_dtypes"]} if case.get("input_dtypes") else {}
-    return {"name": case["name"], "dtype": case["dtype"], **mixed, "config": config.to_dict(),
+    return {"name": case["name"], "must": case.get("must", ""), "dtype": case["dtype"], **mixed,
+            "config": config.to_dict(),
             "state": case["state"], "calls": calls}
 
 
