@@ -5,6 +5,7 @@
     nox -s conformance -- --driver mypkg.mod:MyDriver   # an external implementation too
     nox -s bench         # throughput of AION vs the plain residual
     nox -s stability     # depth stability (the crash test), every backend; -- --full on a GPU
+    nox -s fuzz          # differential fuzzing of every driver; -- --examples 2000 for a long run
     nox -s docs          # the documentation site in site/ (mkdocs build --strict, API reference)
 """
 
@@ -35,6 +36,12 @@ def bench(session):
 def stability(session):
     """Depth stability, the crash test on every backend: reports/stability.{md,json} and plots."""
     session.run(sys.executable, "-m", "aion_conformance.stability", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def fuzz(session):
+    """Differential fuzzing of every driver (``-- --examples 2000``); disagreements saved in reports/fuzz."""
+    session.run(sys.executable, "-m", "aion_conformance.fuzz", *session.posargs)
 
 
 @nox.session(venv_backend="none")

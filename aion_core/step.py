@@ -67,7 +67,9 @@ def _residual(xp, x, y, alpha, fma=multiply_add):
     # so alpha's gradient, sum(dout * y), is not summed in 16 bits either.
     out_dtype = output_dtype(xp, x.dtype, y.dtype)
     if out_dtype == alpha.dtype or out_dtype == xp.float64:
-        return fma(x, cast(xp, alpha, out_dtype), y)
+        # Every operand in out_dtype: torch gives a 0-d operand no say in promotion, so a
+        # float64 alpha times a float16 y would multiply in float16 (found by the fuzzer).
+        return fma(cast(xp, x, out_dtype), cast(xp, alpha, out_dtype), cast(xp, y, out_dtype))
     acc = alpha.dtype
     out = fma(cast(xp, x, acc), alpha, cast(xp, y, acc))
     return cast(xp, out, out_dtype)

@@ -6,6 +6,9 @@ so every implementation and the float64 reference see the very same numbers.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from aion_conformance.spec.reference import reference_call
@@ -150,7 +153,20 @@ def vector_cases() -> list[dict]:
     cases += [{"name": f"cancelling_{short}", "dtype": dtype, "config": {}, "state": dict(fresh),
                "calls": _cancelling_calls(rng, dtype, (4, 64), [T, T, E], fresh)}
               for short, dtype in (("bf16", "bfloat16"), ("f16", "float16"))]
-    return [{**case, "must": CASE_MUSTS[case["name"]]} for case in cases]
+    cases = [{**case, "must": CASE_MUSTS[case["name"]]} for case in cases]
+    return cases + found_cases()
+
+
+#: Disagreements the fuzzer found (``python -m aion_conformance.fuzz``), kept as fixed cases:
+#: a saved ``found_*.json`` moved here, with ``name`` and ``must`` filled in.
+FOUND_DIR = Path(__file__).parent / "found"
+
+
+def found_cases() -> list[dict]:
+    """The cases of :data:`FOUND_DIR`, as :func:`vector_cases` builds its own (no expected values)."""
+    from aion_conformance.spec.golden import decode
+
+    return [decode(json.loads(path.read_text())) for path in sorted(FOUND_DIR.glob("*.json"))]
 
 
 #: Constructor arguments that must be refused: (config, error class name). The message must

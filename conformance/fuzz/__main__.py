@@ -1,0 +1,49 @@
+"""``python -m aion_conformance.fuzz``: differential fuzzing of every driver against the float64 reference.
+
+    python -m aion_conformance.fuzz                         # 200 examples per built-in driver
+    python -m aion_conformance.fuzz --examples 2000 --only torch flax-nnx
+    python -m aion_conformance.fuzz --driver mypkg.mod:MyDriver --every-execution
+
+Each driver runs in its own process on the same examples (``--seed``). A disagreement is
+shrunk and saved under ``--out`` (default ``reports/fuzz``) as a vector file; the exit
+status is 1 if any driver disagreed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from aion_conformance import registry
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m aion_conformance.fuzz", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--examples", type=int, default=200, help="examples per driver")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", nargs="+", choices=list(registry.BACKENDS), help="built-in drivers to fuzz")
+    p.add_argument("--driver", action="append", default=[], help="an outside driver, module:Class")
+    p.add_argument("--every-execution", action="store_true", help="each example under every execution")
+    p.add_argument("--out", type=Path, default=Path("reports") / "fuzz")
+    args = p.parse_args(argv)
+    targets = [(name, name) for name in (args.only or registry.BACKENDS)] + [(spec, None) for spec in args.driver]
+    results = []
+    for i, (spec, backend) in enumerate(targets, 1):
+        print(f"[{i}/{len(targets)}] {spec}: {args.examples} examples ...", flush=True)
+        result = registry.call("aion_conformance.fuzz.runner:fuzz", spec, args.examples, args.seed, str(args.out),
+                               args.every_execution, True, backend=backend, echo=True)
+        failure = result["failure"]
+        print(f"    {result['examples']} examples ({result['invalid']} invalid calls) in {result['seconds']} s: "
+              + ("no disagreement" if failure is None else f"DISAGREES, saved {failure['file']}\n      "
+                 + "\n      ".join(failure["messages"][:3])), flush=True)
+        results.append(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "fuzz.json").write_text(json.dumps(results, indent=1))
+    return 1 if any(r["failure"] for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
