@@ -1,26 +1,52 @@
-"""The suite rejects a deliberately wrong implementation of each MUST, naming the MUST it breaks."""
+"""The suite rejects a deliberately wrong implementation of each MUST, naming the MUST it breaks.
 
+Each fixture of ``tests/fixtures/wrong_drivers.py`` breaks one MUST; run through the whole
+suite (``run_driver``, in-process: numpy drivers take well under a second each), every check
+it fails must carry that MUST's label, and the checks written for that MUST (``caught_by``)
+must be among them.
+"""
+
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
 from aion_conformance.drivers.reference_driver import ReferenceDriver
-from aion_conformance.runner import run_driver
+from aion_conformance.runner import MUSTS, run_driver
+from aion_conformance.spec.cases import CASE_MUSTS
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import wrong_drivers  # noqa: E402
 
+#: ``[label]`` or ``[label; <vector> targets <its must>]`` at the start of every failure message.
+_LABEL = re.compile(r"\[(spec [^;\]]+)(?:; (\S+) targets ([^\]]+))?\] ")
+
+
+def labels(message: str) -> set[str]:
+    """The MUSTs a failure message names: the runner's label and what its vector targets."""
+    match = _LABEL.match(message)
+    assert match, f"a failure message names no MUST: {message!r}"
+    return {match[1], match[3]} - {None}
+
 
 @pytest.mark.parametrize("fixture", wrong_drivers.ALL, ids=lambda cls: cls.name)
 def test_each_wrong_driver_is_rejected_naming_the_must_it_breaks(fixture):
+    assert fixture.breaks in set(MUSTS.values()) | set(CASE_MUSTS.values()), fixture.breaks
     failures = [r for r in run_driver(fixture()) if r.status == "fail"]
     assert failures, f"{fixture.name} passed every check"
-    messages = [m for r in failures for m in r.messages]
-    assert all(m.startswith("[spec ") for m in messages), [m for m in messages if not m.startswith("[spec ")]
-    assert any(fixture.breaks in m for m in messages), (fixture.breaks, messages[:5])
+    for result in failures:
+        named = set().union(*map(labels, result.messages))
+        assert fixture.breaks in named, (fixture.name, result.case, result.messages[:3])
+    missed = set(fixture.caught_by) - {r.case for r in failures}
+    assert not missed, f"{fixture.name} passes {sorted(missed)}, written for the MUST it breaks"
+
+
+def test_the_fixtures_are_distinct_and_each_documents_its_must():
+    assert len({cls.name for cls in wrong_drivers.ALL}) == len(wrong_drivers.ALL)
+    assert all(cls.__doc__ and "spec" in cls.__doc__ for cls in wrong_drivers.ALL)
 
 
 def test_the_reference_driver_passes_every_check():
     results = run_driver(ReferenceDriver())
-    assert results and all(r.status == "pass" for r in results)
+    assert results and all(r.status == "pass" for r in results), [r.messages for r in results if r.status != "pass"]

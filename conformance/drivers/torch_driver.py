@@ -63,6 +63,8 @@ class TorchDriver(BuiltinDriver):
 
     def extra_checks(self):
         """Multi-step SGD training against aion-torch 1.0.2 itself, in float32."""
+        from aion_conformance.runner import MUSTS
+
         results = []
         for gamma in (0.99, 1.0):
             for use_xnorm in (True, False):
@@ -72,7 +74,7 @@ class TorchDriver(BuiltinDriver):
                     res.status, res.messages = "skip", [original.MISSING]
                 else:
                     worst = original.training_parity(ema_gamma=gamma, use_xnorm=use_xnorm)
-                    res.messages = worst.pop("failures")
+                    res.messages = [f"[{MUSTS['original']}] {m}" for m in worst.pop("failures")]
                     res.max_abs = max(v[0] for v in worst.values())
                     res.max_rel = max(v[1] for v in worst.values())
                     res.status = "fail" if res.messages else "pass"
