@@ -39,10 +39,12 @@ def energy(xp, t, acc_dtype=None):
     return xp.mean(t * t, axis=-1)
 
 
-def batch_ratio(xp, x_ref, y, epsilon: float):
+def batch_ratio(xp, x_ref, y, epsilon: float, acc_dtype=None):
     """``mean over rows of E[y] / (E[x_ref] + epsilon)``: one scalar for the batch.
 
-    ``epsilon`` is added in the accumulation dtype, after the energy is formed.
+    ``epsilon`` is added in the accumulation dtype, after the energy is formed. That dtype
+    is ``acc_dtype`` if given (a float64 ``x`` makes it float64 even when ``x_ref`` is
+    ``x_norm``: spec section 4), else that of ``x_ref`` and ``y``.
 
     Examples
     --------
@@ -50,7 +52,7 @@ def batch_ratio(xp, x_ref, y, epsilon: float):
     >>> float(batch_ratio(np, np.ones((2, 4)), np.full((2, 4), 3.0), 0.5))
     6.0
     """
-    acc = accumulation_dtype(xp, x_ref.dtype, y.dtype)
+    acc = acc_dtype or accumulation_dtype(xp, x_ref.dtype, y.dtype)
     per_row = energy(xp, y, acc) / (energy(xp, x_ref, acc) + epsilon)
     return xp.mean(per_row)
 

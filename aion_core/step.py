@@ -135,7 +135,7 @@ def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig,
     ema = sg(state.ratio_ema)
     nonfinite = state.nonfinite_count
     if update:
-        r = batch_ratio(xp, x if x_norm is None else x_norm, y, config.epsilon)
+        r = batch_ratio(xp, x if x_norm is None else x_norm, y, config.epsilon, _acc(xp, x, y, x_norm))
         if replica_mean is not None:
             r = replica_mean(r)
         # The guard asks whether r is finite once rounded to the state's dtype (float32):

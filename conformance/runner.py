@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from aion_conformance.drivers.protocol import (DEFAULT_EXECUTION, ERROR_CLASSES, INPUTS, CheckResult, Execution,
                                                executions, extra_checks, has_grads)
-from aion_conformance.spec.cases import CONFIG_ERRORS, call_error_cases, output_dtype_name
+from aion_conformance.spec.cases import CONFIG_ERRORS, call_error_cases, loosest, output_dtype_name
 from aion_conformance.spec.golden import load_all, recast_case
 from aion_conformance.spec.tolerance import RTOL, SUBNORMAL_STEP, compare
 from aion_conformance.trajectory.parity import hook_checks
@@ -73,10 +73,19 @@ def run_vector(driver, case: dict, execution: Execution = DEFAULT_EXECUTION) -> 
     if execution.unavailable:
         res.status, res.messages = "skip", [f"not run ({execution.unavailable})"]
         return res
+    given = _dtype_arg(case)  # what the driver is told
     if execution.compute_dtype is not None and set(input_dtypes(case).values()) != {execution.compute_dtype}:
         case = recast_case(case, execution.compute_dtype)
+        given = _dtype_arg(case)
+    elif execution.casts_inputs and case.get("input_dtypes"):
+        # Inputs rounded to the output's dtype; each input's gradient comes back through the
+        # cast, in the looser of its own dtype and that one.
+        dtypes = case["input_dtypes"]
+        target = output_dtype_name(dtypes["x"], dtypes["y"])
+        held = {k: loosest([d, target]) for k, d in dtypes.items()}
+        case = {**recast_case(case, target), "dtype": loosest(held.values()), "input_dtypes": held}
     try:
-        _check_calls(driver, case, res)
+        _check_calls(driver, case, res, given)
     except Exception as e:  # noqa: BLE001 - a driver that cannot run a cell fails it, the others still run
         res.messages.append(f"{_must('crash', case)} raised {type(e).__name__}: {str(e)[:300]}")
         for part in res.parts.values() or [res.parts.setdefault("train fwd", [0.0, 0])]:
@@ -86,7 +95,7 @@ def run_vector(driver, case: dict, execution: Execution = DEFAULT_EXECUTION) -> 
     return res
 
 
-def _check_calls(driver, case: dict, res: CheckResult) -> None:
+def _check_calls(driver, case: dict, res: CheckResult, given) -> None:
     rtol = RTOL[case["dtype"]]
     dtypes = input_dtypes(case)
     out_dtype = output_dtype_name(dtypes["x"], dtypes["y"])
@@ -96,7 +105,7 @@ def _check_calls(driver, case: dict, res: CheckResult) -> None:
     for i, call in enumerate(case["calls"]):
         driver.set_params(layer, call["alpha0"], call["beta"])
         cot = call["cotangent"] if grads_ok else None
-        got = driver.call(layer, call["mode"], call["x"], call["y"], call["x_norm"], cot, _dtype_arg(case))
+        got = driver.call(layer, call["mode"], call["x"], call["y"], call["x_norm"], cot, given)
         want = call["expected"]
         if got.get("out_dtype") != out_dtype:
             res.parts.setdefault(f"{call['mode']} fwd", [0.0, 0])[1] += 1

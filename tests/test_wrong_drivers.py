@@ -1,9 +1,9 @@
 """The suite rejects a deliberately wrong implementation of each MUST, naming the MUST it breaks.
 
 Each fixture of ``tests/fixtures/wrong_drivers.py`` breaks one MUST; run through the whole
-suite (``run_driver``, in-process: numpy drivers take well under a second each), every check
-it fails must carry that MUST's label, and the checks written for that MUST (``caught_by``)
-must be among them.
+suite (``run_driver``, in-process: numpy drivers take well under a second each), the checks
+written for that MUST (``caught_by``) must fail and carry that MUST's label (other checks it
+fails may name a consequence, as a wrong ratio also makes wrong gradients).
 """
 
 import re
@@ -35,11 +35,13 @@ def test_each_wrong_driver_is_rejected_naming_the_must_it_breaks(fixture):
     assert fixture.breaks in set(MUSTS.values()) | set(CASE_MUSTS.values()), fixture.breaks
     failures = [r for r in run_driver(fixture()) if r.status == "fail"]
     assert failures, f"{fixture.name} passed every check"
-    for result in failures:
-        named = set().union(*map(labels, result.messages))
-        assert fixture.breaks in named, (fixture.name, result.case, result.messages[:3])
-    missed = set(fixture.caught_by) - {r.case for r in failures}
+    named = {r.case: set().union(*map(labels, r.messages)) for r in failures}
+    assert any(fixture.breaks in n for n in named.values()), (fixture.name, failures[0].messages[:3])
+    missed = set(fixture.caught_by) - set(named)
     assert not missed, f"{fixture.name} passes {sorted(missed)}, written for the MUST it breaks"
+    # The checks written for that MUST name it (others it fails may name a consequence too).
+    unnamed = [case for case in fixture.caught_by if fixture.breaks not in named[case]]
+    assert not unnamed, (fixture.name, unnamed)
 
 
 def test_the_fixtures_are_distinct_and_each_documents_its_must():

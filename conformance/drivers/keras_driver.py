@@ -32,7 +32,7 @@ def _executions() -> tuple[Execution, ...]:
     out = []
     for jit in (False, True):
         suffix = ", jit_compile" if jit else ""
-        out += [Execution("policy = input dtype" + suffix, errors=True),
+        out += [Execution("policy = input dtype" + suffix, errors=True, casts_inputs=True),
                 Execution("mixed_bfloat16" + suffix, ("float32",), "bfloat16"),
                 Execution("mixed_float16, loss scaling" + suffix, ("float32",), "float16")]
     return tuple(out)

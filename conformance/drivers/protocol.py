@@ -38,6 +38,11 @@ class Execution:
     compute_dtype: str | None = None
     #: Whether the call-error cases run under it too (compilers must keep the error class).
     errors: bool = False
+    #: Whether the implementation casts every floating input to the output's dtype (a Keras
+    #: layer's policy): a mixed-dtype case is then held to the reference on its inputs
+    #: rounded to that dtype, at its tolerance (spec section 4a), its inputs still passed
+    #: in their own dtypes.
+    casts_inputs: bool = False
     #: Empty if it can run here; otherwise why not (shown as "not run (...)").
     unavailable: str = ""
 

@@ -94,3 +94,11 @@ def load_found(path) -> dict:
     from aion_conformance.spec.golden import decode
 
     return decode(json.loads(Path(path).read_text()))
+
+
+def replay(spec: str, path: str) -> list[str]:
+    """The failure messages of a saved case on the driver ``spec`` (empty: it agrees now)."""
+    case = load_found(path)
+    case = {k: v for k, v in case.items() if k != "calls"} | {
+        "calls": [{k: v for k, v in call.items() if k != "expected"} for call in case["calls"]]}
+    return _check(load_driver(spec), case, every_execution=False)
