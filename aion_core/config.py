@@ -7,6 +7,8 @@ import struct
 from dataclasses import asdict, dataclass
 from numbers import Integral, Real
 
+import numpy as np
+
 #: The largest ``k_update``: the step counter it divides is int32.
 K_UPDATE_MAX = 2**31 - 1
 
@@ -84,6 +86,13 @@ class AionConfig:
     k_update : int
         Recompute the ratio every ``k_update`` training steps; must be >= 1 and at most
         ``2**31 - 1`` (the step counter is int32).
+    sync_ratio : bool
+        Under data parallelism, True (the default) averages the batch ratio over the
+        replicas (one small collective per layer per update step, and one for its
+        gradient): training equals one process holding the whole batch. False keeps each
+        replica's own batch ratio (no collective), as BatchNorm against SyncBatchNorm; the
+        replicas' ``ratio_ema`` may then differ (spec section 7). A ``bool`` (a numpy bool
+        too); no effect on a single process.
 
     Examples
     --------
@@ -103,6 +112,10 @@ class AionConfig:
     Traceback (most recent call last):
     ...
     ValueError: k_update must be <= 2147483647 (the step counter is int32), got 2147483648
+    >>> AionConfig(sync_ratio=1)
+    Traceback (most recent call last):
+    ...
+    TypeError: sync_ratio must be a bool, got int
     """
 
     alpha0: float = 0.1
@@ -110,6 +123,7 @@ class AionConfig:
     ema_gamma: float = 0.99
     epsilon: float = 1e-8
     k_update: int = 1
+    sync_ratio: bool = True
 
     def __post_init__(self):
         alpha0 = _real("alpha0", self.alpha0)
@@ -140,10 +154,14 @@ class AionConfig:
         if self.k_update > K_UPDATE_MAX:
             raise ValueError(f"k_update must be <= {K_UPDATE_MAX} (the step counter is int32), "
                              f"got {self.k_update}")
+        # A flag, not a number: 1, 0, "yes" or None are refused rather than read as truthy.
+        if not isinstance(self.sync_ratio, (bool, np.bool_)):
+            raise TypeError(f"sync_ratio must be a bool, got {type(self.sync_ratio).__name__}")
         for name, value in (("alpha0", alpha0), ("beta", beta), ("ema_gamma", gamma),
-                            ("epsilon", epsilon), ("k_update", int(self.k_update))):
+                            ("epsilon", epsilon), ("k_update", int(self.k_update)),
+                            ("sync_ratio", bool(self.sync_ratio))):
             object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict:
-        """The arguments as plain Python numbers (for ``get_config`` and vectors)."""
+        """The arguments as plain Python numbers and a bool (for ``get_config`` and vectors)."""
         return asdict(self)

@@ -39,7 +39,8 @@ from aion_core.config import AionConfig
 from aion_core.errors import check_inputs
 from aion_core.math import cast
 from aion_core.state import AionState
-from aion_core.step import _acc, _residual, alpha_from_ratio, multiply_add, smoothed_ratio
+from aion_core.step import (_acc, _residual, alpha_from_ratio, multiply_add, output_dtype, replica_mean_for,
+                            smoothed_ratio)
 
 
 class Saved(NamedTuple):
@@ -92,8 +93,10 @@ def train_forward(x, y, x_norm, alpha0, beta, state: AionState, config: AionConf
     """:func:`aion_core.train_step` without autodiff, plus the :class:`Saved` values for :func:`train_vjp`.
 
     Same arguments and first three results as :func:`aion_core.train_step`; nothing here
-    needs a stop-gradient (the caller runs it outside autodiff). ``replica_mean`` must be
-    the same function in :func:`train_vjp`: the mean's gradient is the mean of the gradients.
+    needs a stop-gradient (the caller runs it outside autodiff). ``replica_mean`` is not
+    called when ``config.sync_ratio`` is False; :func:`train_vjp` must be given the one this
+    used, ``replica_mean_for(config, replica_mean)``: the mean's gradient is the mean of the
+    gradients.
     ``fma`` is :func:`aion_core.step.multiply_add` or an adapter's one-kernel equivalent.
     """
     xp = xp or array_namespace(x, y)
@@ -101,6 +104,7 @@ def train_forward(x, y, x_norm, alpha0, beta, state: AionState, config: AionConf
     ema = state.ratio_ema
     acc = _acc(xp, x, y, x_norm)
     x_ref = x if x_norm is None else x_norm
+    replica_mean = replica_mean_for(config, replica_mean)
     if update:
         denominator = _energy(xp, x_ref, acc) + config.epsilon
         per_row = _energy(xp, y, acc) / denominator
@@ -118,7 +122,7 @@ def train_forward(x, y, x_norm, alpha0, beta, state: AionState, config: AionConf
         r_s = ratio_stat = cast(xp, ema, acc)
         new_ema, nonfinite = ema, state.nonfinite_count
     alpha = alpha_from_ratio(xp, alpha0, beta, r_s)
-    out = _residual(xp, x, y, alpha, fma)
+    out = _residual(xp, x, y, alpha, output_dtype(xp, x.dtype, y.dtype), fma)
     new_state = AionState(new_ema, state.step_count + 1, nonfinite)
     stats = {"alpha": alpha, "ratio": ratio_stat, "ratio_ema": new_ema}
     saved = Saved(x.dtype, x_norm is None, y, x_ref if update else None, denominator, per_row, ratio_slope,

@@ -19,6 +19,19 @@ def is_update_step(step_count, k_update: int):
     return step_count % k_update == 0
 
 
+def replica_mean_for(config: AionConfig, replica_mean):
+    """The cross-replica mean a step applies: ``replica_mean``, or None with ``config.sync_ratio`` False.
+
+    With ``sync_ratio=False`` each replica keeps its own batch ratio and no collective is
+    issued, whatever hook the adapter found (spec section 7). An adapter that runs the
+    hook itself (a custom backward) asks here which one the forward used.
+
+    >>> replica_mean_for(AionConfig(sync_ratio=False), abs) is None
+    True
+    """
+    return replica_mean if config.sync_ratio else None
+
+
 def _acc(xp, x, y, x_norm):
     return accumulation_dtype(xp, *(t.dtype for t in (x, y, x_norm) if t is not None))
 
@@ -61,18 +74,14 @@ def multiply_add(a, s, b):
     return a + s * b
 
 
-def _residual(xp, x, y, alpha, fma=multiply_add):
-    # float32/float64 inputs: the multiply-add runs in their dtype (as aion-torch 1.0.2).
-    # float16/bfloat16: it runs in alpha's dtype (float32) and is rounded once at the end,
-    # so alpha's gradient, sum(dout * y), is not summed in 16 bits either.
-    out_dtype = output_dtype(xp, x.dtype, y.dtype)
-    if out_dtype == alpha.dtype or out_dtype == xp.float64:
-        # Every operand in out_dtype: torch gives a 0-d operand no say in promotion, so a
-        # float64 alpha times a float16 y would multiply in float16 (found by the fuzzer).
-        return fma(cast(xp, x, out_dtype), cast(xp, alpha, out_dtype), cast(xp, y, out_dtype))
+def _residual(xp, x, y, alpha, out_dtype, fma=multiply_add):
+    # The multiply-add runs in alpha's dtype, the accumulation dtype: the inputs' dtype for
+    # float32/float64 (as aion-torch 1.0.2), float32 for 16-bit ones, rounded once at the
+    # end, so alpha's gradient, sum(dout * y), is not summed in 16 bits either. Every
+    # operand is cast: torch gives a 0-d operand no say in promotion, so a float64 alpha
+    # times a float16 y would multiply in float16 (found by the fuzzer).
     acc = alpha.dtype
-    out = fma(cast(xp, x, acc), alpha, cast(xp, y, acc))
-    return cast(xp, out, out_dtype)
+    return cast(xp, fma(cast(xp, x, acc), alpha, cast(xp, y, acc)), out_dtype)
 
 
 def smoothed_ratio(xp, r, ema, gamma: float, stop_gradient=_identity):
@@ -107,14 +116,15 @@ def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig,
     state : AionState
         The running state before the call.
     config : AionConfig
-        ``ema_gamma`` and ``epsilon`` are read here.
+        ``ema_gamma``, ``epsilon`` and ``sync_ratio`` are read here.
     xp : namespace, optional
         Array namespace; found from ``x`` and ``y`` if not given.
     update : bool
         Whether this is an update step (see :func:`is_update_step`). A Python bool:
         it selects the computation, so it must be static under tracing.
     replica_mean : callable, optional
-        Maps this replica's batch ratio to the mean over replicas (data parallel).
+        Maps this replica's batch ratio to the mean over replicas (data parallel). Not
+        called when ``config.sync_ratio`` is False (:func:`replica_mean_for`).
     stop_gradient : callable, optional
         The framework's stop-gradient; the stored ratio never carries gradient.
 
@@ -134,8 +144,15 @@ def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig,
     sg = stop_gradient or _identity
     ema = sg(state.ratio_ema)
     nonfinite = state.nonfinite_count
+    replica_mean = replica_mean_for(config, replica_mean)
+    acc, out_dtype = _acc(xp, x, y, x_norm), output_dtype(xp, x.dtype, y.dtype)
+    # Each input is cast to acc once: x and y are read twice (energy, multiply-add), and two
+    # casts of a 16-bit input give autodiff two 16-bit cotangents that it sums in 16 bits,
+    # cancelling where the two gradient terms do (found by the fuzzer).
+    x, y = cast(xp, x, acc), cast(xp, y, acc)
+    x_norm = None if x_norm is None else cast(xp, x_norm, acc)
     if update:
-        r = batch_ratio(xp, x if x_norm is None else x_norm, y, config.epsilon, _acc(xp, x, y, x_norm))
+        r = batch_ratio(xp, x if x_norm is None else x_norm, y, config.epsilon, acc)
         if replica_mean is not None:
             r = replica_mean(r)
         # The guard asks whether r is finite once rounded to the state's dtype (float32):
@@ -151,11 +168,11 @@ def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig,
         nonfinite = nonfinite + cast(xp, xp.logical_not(finite), nonfinite.dtype)
         ratio_stat = r
     else:
-        r_s = cast(xp, ema, _acc(xp, x, y, x_norm))
+        r_s = cast(xp, ema, acc)
         new_ema = ema
         ratio_stat = r_s  # in the accumulation dtype, like the batch ratio of update steps
     alpha = alpha_from_ratio(xp, alpha0, beta, r_s)
-    out = _residual(xp, x, y, alpha)
+    out = _residual(xp, x, y, alpha, out_dtype)
     new_state = AionState(new_ema, state.step_count + 1, nonfinite)
     stats = {"alpha": sg(alpha), "ratio": sg(ratio_stat), "ratio_ema": new_ema}
     return out, new_state, stats
@@ -173,5 +190,5 @@ def eval_step(x, y, alpha0, beta, state: AionState, *, x_norm=None, xp=None,
     ema = (stop_gradient or _identity)(state.ratio_ema)
     ratio = cast(xp, ema, _acc(xp, x, y, x_norm))
     alpha = alpha_from_ratio(xp, alpha0, beta, ratio)
-    out = _residual(xp, x, y, alpha)
+    out = _residual(xp, x, y, alpha, output_dtype(xp, x.dtype, y.dtype))
     return out, {"alpha": (stop_gradient or _identity)(alpha), "ratio": ratio, "ratio_ema": ema}

@@ -134,7 +134,8 @@ def _check_calls(driver, case: dict, res: CheckResult, given) -> None:
             tol = max(rtol, RTOL["float32"]) if name in _FLOAT32_QUANTITIES else rtol
             # Arrays of an input's or the output's dtype: its subnormal step as an absolute floor.
             array_dtype = out_dtype if name == "out" else dtypes.get(name.removeprefix("grad."))
-            ok, a, r, why = compare(g, w, tol, SUBNORMAL_STEP.get(array_dtype, 0.0))
+            ok, a, r, why = compare(g, w, tol, SUBNORMAL_STEP.get(array_dtype, 0.0), array_dtype,
+                                    want.get("grad_scales", {}).get(name.removeprefix("grad."), 0.0))
             res.max_abs, res.max_rel = max(res.max_abs, a), max(res.max_rel, r)
             part[0] = max(part[0], r)
             if not ok:

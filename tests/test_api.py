@@ -7,7 +7,7 @@ import pytest
 
 import aion_core as core
 
-COMMON = ["alpha0", "beta", "ema_gamma", "epsilon", "k_update"]
+COMMON = ["alpha0", "beta", "ema_gamma", "epsilon", "k_update", "sync_ratio"]
 DEFAULTS = core.AionConfig().to_dict()
 #: Keyword arguments of a framework's own convention, after the common ones.
 OWN = {"torch": set(), "keras": {"kwargs"},
@@ -54,18 +54,24 @@ def test_constructor_arguments_are_the_same(adapter, cls, leading):
     assert names[:len(leading) + len(COMMON)] == leading + COMMON, names
     for p in params[len(leading):len(leading) + len(COMMON)]:
         assert p.kind is p.POSITIONAL_OR_KEYWORD and p.default == DEFAULTS[p.name], p
-        assert p.annotation in ("float", "int", float, int), p
+        assert p.annotation in ("float", "int", "bool", float, int, bool), p
     assert set(names[len(leading) + len(COMMON):]) <= OWN[adapter] | ({"dim"} if adapter == "flax-linen" else set())
 
 
 @pytest.mark.parametrize("adapter", list(OWN))
 def test_config_attribute_holds_the_validated_hyper_parameters(adapter):
     m = _adapter(adapter)
-    want = core.AionConfig(0.2, 0.3, 0.9, 1e-6, 2)
-    assert m.AionResidual(0.2, 0.3, 0.9, 1e-6, 2).config == want
-    assert m.AionBlock(_branch(adapter), 4, 0.2, 0.3, 0.9, 1e-6, 2).config == want
+    want = core.AionConfig(0.2, 0.3, 0.9, 1e-6, 2, False)
+    assert m.AionResidual(0.2, 0.3, 0.9, 1e-6, 2, False).config == want
+    assert m.AionBlock(_branch(adapter), 4, 0.2, 0.3, 0.9, 1e-6, 2, False).config == want
+    assert m.AionResidual(sync_ratio=np.bool_(False)).config.sync_ratio is False
     with pytest.raises(ValueError, match="alpha0"):
         m.AionResidual(alpha0=-1.0)
+    for bad in (1, "yes", None):
+        with pytest.raises(TypeError, match="^sync_ratio must be a bool"):
+            m.AionResidual(sync_ratio=bad)
+        with pytest.raises(TypeError, match="^sync_ratio must be a bool"):
+            m.AionBlock(_branch(adapter), 4, sync_ratio=bad)
 
 
 def test_linen_block_checks_its_config_and_dim_when_built():

@@ -308,3 +308,58 @@ def test_closed_form_runs_on_every_namespace(name, request):
         results.append([np.asarray(out), *(np.asarray(g) for g in fused.train_vjp(saved, to(cot), xp=ns))])
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [1, 0, 1.0, "yes", "True", None, np.int64(1), np.array(True)])
+def test_sync_ratio_must_be_a_bool(bad):
+    with pytest.raises(TypeError, match=f"^sync_ratio must be a bool, got {type(bad).__name__}$"):
+        core.AionConfig(sync_ratio=bad)
+
+
+@pytest.mark.parametrize("flag", [True, False, np.bool_(True), np.bool_(False)])
+def test_sync_ratio_round_trips_as_a_python_bool(flag):
+    cfg = core.AionConfig(0.2, 0.3, 0.9, 1e-6, 2, flag)
+    assert type(cfg.sync_ratio) is bool and cfg.sync_ratio == bool(flag)
+    assert cfg.to_dict() == {"alpha0": 0.2, "beta": 0.3, "ema_gamma": 0.9, "epsilon": 1e-6, "k_update": 2,
+                             "sync_ratio": bool(flag)}
+    assert core.AionConfig(**cfg.to_dict()) == cfg
+    assert core.AionConfig().sync_ratio is True  # the default: the exact cross-replica mean
+
+
+@pytest.mark.parametrize("path", ["train_step", "fused"])
+def test_sync_ratio_false_never_calls_the_replica_mean(path):
+    """With sync_ratio=False the hook an adapter hands in is not called, forward or backward;
+    the step is that of no hook at all. With True it is (the positive control)."""
+    import array_api_compat.torch as txp
+    import torch
+
+    from aion_core import fused
+
+    gen = torch.Generator().manual_seed(4)
+    x, y, xn, cot = (torch.randn(3, 8, generator=gen) for _ in range(4))
+    calls = []
+
+    def hook(r):
+        calls.append(r)
+        return r * 0.5  # not the identity: a call would show in the results
+
+    def run(sync, replica_mean):
+        cfg = core.AionConfig(alpha0=0.2, beta=0.3, ema_gamma=0.5, sync_ratio=sync)
+        state = core.initial_state(torch)
+        if path == "train_step":
+            out, new, stats = core.train_step(x, y, xn, torch.tensor(0.2), torch.tensor(0.3), state, cfg,
+                                              xp=txp, replica_mean=replica_mean, stop_gradient=torch.detach)
+            return out, new.ratio_ema, stats["ratio"]
+        out, new, stats, saved = fused.train_forward(x, y, xn, torch.tensor(0.2), torch.tensor(0.3), state,
+                                                     cfg, xp=txp, replica_mean=replica_mean)
+        vjp_hook = core.step.replica_mean_for(cfg, replica_mean)  # what an adapter's backward gets
+        grads = fused.train_vjp(saved, cot, xp=txp, replica_mean=vjp_hook)
+        return out, new.ratio_ema, stats["ratio"], grads.y, grads.x_norm
+
+    local = run(False, hook)
+    assert calls == []
+    for got, want in zip(local, run(False, None)):
+        assert torch.equal(got, want)
+    synced = run(True, hook)
+    assert len(calls) == (1 if path == "train_step" else 2)  # forward (and the fused backward)
+    assert not torch.equal(synced[2], local[2])

@@ -63,3 +63,18 @@ def test_compare_nan_positions_must_match():
     assert not ok
     ok, *_ = compare(np.array([1.0, np.nan]), np.array([1.0, np.nan]), 1e-5)
     assert ok
+
+
+def test_compare_infinities_must_coincide_unless_the_dtype_overflows_there():
+    inf = np.inf
+    assert compare([inf, -inf, 1.0], [inf, -inf, 1.0], 1e-5)[0]
+    assert not compare([-inf, 1.0], [inf, 1.0], 1e-5)[0]  # the sign
+    assert not compare([inf, 1.0], [1e30, 1.0], 1e-5)[0]  # finite want, no dtype: no overflow allowed
+    # float16 rounds past 65520 to inf (spec section 10): inf passes where want, within the
+    # tolerance, reaches it, with want's sign; a finite result near want passes too.
+    assert compare([inf, 2.0], [65530.0, 2.0], 4e-3, 2.0**-24, "float16")[0]
+    assert compare([65504.0, 2.0], [65530.0, 2.0], 4e-3, 2.0**-24, "float16")[0]
+    assert not compare([-inf, 2.0], [65530.0, 2.0], 4e-3, 2.0**-24, "float16")[0]
+    assert not compare([inf, 2.0], [30000.0, 2.0], 4e-3, 2.0**-24, "float16")[0]
+    assert not compare([inf, 2.0], [65530.0, 2.0], 4e-3, 2.0**-24, "float32")[0]
+    assert compare([-inf], [-3.4028235e38], 1e-5, 0.0, "float32")[0]

@@ -65,12 +65,13 @@ def aion_apply(x, y, x_norm, alpha0, beta, state: core.AionState, config: core.A
     state : aion_core.AionState
         Running state before the call.
     config : aion_core.AionConfig
-        Validated hyper-parameters.
+        Validated hyper-parameters; with ``sync_ratio=False`` the ratio is not averaged
+        over ``axis_name`` (each shard keeps its own).
     train : bool
         Training forward (ratio measured, state advanced) or eval forward (stored ratio,
         state returned unchanged). Static.
     axis_name : str or None
-        Named mapped axis over which the batch ratio is averaged.
+        Named mapped axis over which the batch ratio is averaged (when ``config.sync_ratio``).
 
     Returns
     -------

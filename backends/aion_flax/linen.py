@@ -32,7 +32,7 @@ class _Validated:
     def config(self) -> core.AionConfig:
         """The validated :class:`aion_core.AionConfig` of this module."""
         return core.AionConfig(alpha0=self.alpha0, beta=self.beta, ema_gamma=self.ema_gamma,
-                               epsilon=self.epsilon, k_update=self.k_update)
+                               epsilon=self.epsilon, k_update=self.k_update, sync_ratio=self.sync_ratio)
 
 
 class AionResidual(_Validated, nn.Module):
@@ -40,11 +40,13 @@ class AionResidual(_Validated, nn.Module):
 
     Attributes
     ----------
-    alpha0, beta, ema_gamma, epsilon, k_update
+    alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio
         See :class:`aion_core.AionConfig`; validated when the module is built (the
         :class:`aion_core.AionConfig` is the property ``config``).
     axis_name : str or None
-        ``shard_map`` / ``pmap`` axis splitting the batch; the ratio is ``pmean``-ed over it.
+        ``shard_map`` / ``pmap`` axis splitting the batch; the ratio is ``pmean``-ed over it,
+        unless ``sync_ratio=False`` (each shard keeps its own ratio and state). Under plain
+        ``jit`` with a sharded batch the ratio is the global one whatever ``sync_ratio`` says.
     deterministic : bool or None
         True evaluates, False trains; give it here or at call time (not both),
         as for ``nn.Dropout``.
@@ -68,6 +70,7 @@ class AionResidual(_Validated, nn.Module):
     ema_gamma: float = 0.99
     epsilon: float = 1e-8
     k_update: int = 1
+    sync_ratio: bool = True
     axis_name: Any = None
     deterministic: bool | None = None
     dtype: Any = None
@@ -105,7 +108,7 @@ class AionBlock(_Validated, nn.Module):
     dim : int or None
         Size of the feature (last) axis, as on the other adapters. Linen infers shapes from
         the input, so it may be left out; when given, an input of another size is refused.
-    alpha0, beta, ema_gamma, epsilon, k_update, axis_name, deterministic, dtype
+    alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio, axis_name, deterministic, dtype
         As for :class:`AionResidual` (``dtype`` for the LayerNorm too).
     param_dtype : dtype
         The LayerNorm's parameter dtype (default float32); AION's own stay float32.
@@ -126,6 +129,7 @@ class AionBlock(_Validated, nn.Module):
     ema_gamma: float = 0.99
     epsilon: float = 1e-8
     k_update: int = 1
+    sync_ratio: bool = True
     axis_name: Any = None
     deterministic: bool | None = None
     dtype: Any = None
@@ -148,6 +152,6 @@ class AionBlock(_Validated, nn.Module):
         x_norm = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=self.dtype,
                               param_dtype=self.param_dtype, name="norm")(x)
         aion = AionResidual(self.alpha0, self.beta, self.ema_gamma, self.epsilon, self.k_update,
-                            self.axis_name, dtype=self.dtype, name="aion")
+                            self.sync_ratio, self.axis_name, dtype=self.dtype, name="aion")
         return aion(x, self.layer(x_norm), x_norm=x_norm, deterministic=deterministic,
                     return_stats=return_stats)

@@ -29,12 +29,15 @@ class AionResidual(nnx.Module):
 
     Parameters
     ----------
-    alpha0, beta, ema_gamma, epsilon, k_update
+    alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio
         See :class:`aion_core.AionConfig`; validated there (ValueError / TypeError) and
         kept as the attribute ``config``.
     axis_name : str or None
         Name of the ``shard_map`` / ``pmap`` axis that splits the batch; the batch ratio
-        is then ``pmean``-ed over it. Not needed under plain ``jit`` with sharded inputs.
+        is then ``pmean``-ed over it, unless ``sync_ratio=False`` (each shard keeps its own
+        ratio and state, nothing is reduced over the axis). Not needed under plain ``jit``
+        with sharded inputs, where the ratio is over the global batch whatever
+        ``sync_ratio`` says.
     deterministic : bool
         Default mode: False trains (ratio measured, state advanced), True evaluates.
         Set by ``model.train()`` / ``model.eval()`` or overridden per call.
@@ -57,10 +60,10 @@ class AionResidual(nnx.Module):
     """
 
     def __init__(self, alpha0: float = 0.1, beta: float = 0.05, ema_gamma: float = 0.99,
-                 epsilon: float = 1e-8, k_update: int = 1, *, axis_name: str | None = None,
-                 deterministic: bool = False, dtype=None) -> None:
+                 epsilon: float = 1e-8, k_update: int = 1, sync_ratio: bool = True, *,
+                 axis_name: str | None = None, deterministic: bool = False, dtype=None) -> None:
         self.config = core.AionConfig(alpha0=alpha0, beta=beta, ema_gamma=ema_gamma,
-                                      epsilon=epsilon, k_update=k_update)
+                                      epsilon=epsilon, k_update=k_update, sync_ratio=sync_ratio)
         self.axis_name = axis_name
         self.deterministic = deterministic
         self.dtype = dtype
@@ -122,7 +125,7 @@ class AionBlock(nnx.Module):
         The branch, usually an ``nnx.Module`` mapping ``(..., dim)`` to ``(..., dim)``.
     dim : int
         Feature size (the LayerNorm's).
-    alpha0, beta, ema_gamma, epsilon, k_update, axis_name, deterministic, dtype
+    alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio, axis_name, deterministic, dtype
         Passed to :class:`AionResidual` (``dtype`` to the LayerNorm too).
     param_dtype : dtype
         The LayerNorm's parameter dtype (default float32); AION's own stay float32.
@@ -139,7 +142,8 @@ class AionBlock(nnx.Module):
     """
 
     def __init__(self, layer, dim: int, alpha0: float = 0.1, beta: float = 0.05,
-                 ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1, *,
+                 ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1,
+                 sync_ratio: bool = True, *,
                  axis_name: str | None = None, deterministic: bool = False, dtype=None,
                  param_dtype=jnp.float32, rngs: nnx.Rngs | None = None) -> None:
         self.dim = core.config.check_dim(dim)
@@ -147,7 +151,7 @@ class AionBlock(nnx.Module):
         self.norm = nnx.LayerNorm(self.dim, epsilon=1e-5, use_fast_variance=False, dtype=dtype,
                                   param_dtype=param_dtype, rngs=rngs if rngs is not None else nnx.Rngs(0))
         self.layer = layer
-        self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, axis_name=axis_name,
+        self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio, axis_name=axis_name,
                                  deterministic=deterministic, dtype=dtype)
 
     @property

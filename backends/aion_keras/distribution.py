@@ -2,8 +2,10 @@
 
 Only the TensorFlow backend runs replicas as separate traces that must talk to each
 other. Under the JAX backend ``keras.distribution.DataParallel`` shards one jitted
-program, so the batch mean in the core is already the global mean; the PyTorch
-backend has no Keras-level data parallelism.
+program, so the batch mean in the core is already the global mean, whatever
+``sync_ratio`` says (there is no per-replica ratio to keep); the PyTorch backend has no
+Keras-level data parallelism. A layer with ``sync_ratio=False`` never calls the hook
+(:func:`aion_core.step.replica_mean_for`).
 """
 
 from __future__ import annotations

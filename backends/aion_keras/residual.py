@@ -32,6 +32,12 @@ class AionResidual(keras.layers.Layer):
     k_update : int
         Recompute the ratio every ``k_update`` training steps (>= 1); on the other
         steps alpha comes from the stored ratio and the current ``alpha0``, ``beta``.
+    sync_ratio : bool
+        Under a ``tf.distribute`` strategy: True (default) all-reduces the batch ratio to
+        the mean over replicas, so training equals one device holding the whole batch;
+        False keeps each replica's own batch ratio (no ``all_reduce``), as ``BatchNorm``
+        against ``SyncBatchNorm``. Under JAX's ``keras.distribution.DataParallel`` (one
+        jitted program over the global batch) the ratio is the global one either way.
     **kwargs
         Passed to ``keras.layers.Layer`` (``name``, ``dtype``, ...).
 
@@ -46,7 +52,8 @@ class AionResidual(keras.layers.Layer):
     ``step_count``, ``nonfinite_count`` (int32), non-trainable and assigned in
     training only. All five stay float32/int32 under mixed precision, and the
     energies are formed in float32 (float64 for float64 inputs). Under a
-    ``tf.distribute`` strategy the batch ratio is the mean over replicas.
+    ``tf.distribute`` strategy the batch ratio is the mean over replicas (with
+    ``sync_ratio=True``); the state variables keep the first replica's value.
 
     Examples
     --------
@@ -59,9 +66,9 @@ class AionResidual(keras.layers.Layer):
     """
 
     def __init__(self, alpha0: float = 0.1, beta: float = 0.05, ema_gamma: float = 0.99,
-                 epsilon: float = 1e-8, k_update: int = 1, **kwargs):
+                 epsilon: float = 1e-8, k_update: int = 1, sync_ratio: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.config = aion_core.AionConfig(alpha0, beta, ema_gamma, epsilon, k_update)
+        self.config = aion_core.AionConfig(alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio)
         # autocast=False: the parameters and the state stay float32 under mixed precision.
         self.alpha0 = self.add_weight(
             name="alpha0", shape=(), dtype="float32", autocast=False,
@@ -70,8 +77,9 @@ class AionResidual(keras.layers.Layer):
             name="beta", shape=(), dtype="float32", autocast=False,
             initializer=keras.initializers.Constant(self.config.beta))
         for name, (dtype, shape, value) in aion_core.STATE_SPEC.items():
-            # Every replica computes the same new state (the ratio is all-reduced), so
-            # the first replica's value is the one to keep.
+            # With sync_ratio every replica computes the same new state (the ratio is
+            # all-reduced); without, each its own: the first replica's value is kept, on
+            # every replica, as rank 0's is under DDP's broadcast_buffers (spec section 7).
             variable = self.add_weight(
                 name=name, shape=shape, dtype=dtype, autocast=False, trainable=False,
                 initializer=keras.initializers.Constant(value), aggregation="only_first_replica")
@@ -122,7 +130,8 @@ class AionResidual(keras.layers.Layer):
 
     def _train_step(self, x, y, x_norm, alpha0, beta, state):
         config = self.config
-        replica_mean = replica_mean_or_none()
+        # None with sync_ratio=False: each replica's own ratio, no all_reduce.
+        replica_mean = aion_core.step.replica_mean_for(config, replica_mean_or_none())
 
         def step(update):
             return aion_core.train_step(
@@ -172,7 +181,7 @@ class AionBlock(keras.layers.Layer):
         The branch, mapping ``(..., dim)`` to ``(..., dim)``.
     dim : int
         Size of the feature (last) axis.
-    alpha0, beta, ema_gamma, epsilon, k_update
+    alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio
         As for :class:`AionResidual`.
 
     Notes
@@ -182,12 +191,13 @@ class AionBlock(keras.layers.Layer):
     """
 
     def __init__(self, layer: keras.layers.Layer, dim: int, alpha0: float = 0.1, beta: float = 0.05,
-                 ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1, **kwargs):
+                 ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1, sync_ratio: bool = True,
+                 **kwargs):
         super().__init__(**kwargs)
         self.dim = aion_core.config.check_dim(dim)
         self.norm = keras.layers.LayerNormalization(epsilon=1e-5, dtype=self.dtype_policy)
         self.layer = layer
-        self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, dtype=self.dtype_policy)
+        self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         error = aion_core.errors.block_shape_error(tuple(input_shape), self.dim)

@@ -22,6 +22,8 @@ def _addcmul(a, s, b):
 class _TrainStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, x_norm, alpha0, beta, state, config, update, replica_mean):
+        # The hook the forward applies (None with sync_ratio=False): the backward must use the same.
+        replica_mean = aion_core.step.replica_mean_for(config, replica_mean)
         out, new, stats, saved = fused.train_forward(x, y, x_norm, alpha0, beta, state, config, xp=xp,
                                                      update=update, replica_mean=replica_mean, fma=_addcmul)
         ctx.save_for_backward(*saved[2:])

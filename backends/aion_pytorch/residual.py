@@ -56,12 +56,21 @@ class AionResidual(nn.Module):
     k_update : int
         Recompute the ratio every ``k_update`` training steps (>= 1); on the other steps
         alpha comes from the stored ratio and the current ``alpha0``, ``beta``.
+    sync_ratio : bool
+        Under ``torch.distributed`` (DDP, FSDP): True (default) averages the batch ratio
+        over the ranks (an all-reduce in the forward, one of its gradient in the backward),
+        so training equals one process holding the whole batch; False keeps each rank's own
+        batch ratio and issues no collective, as ``BatchNorm`` against ``SyncBatchNorm``
+        (spec section 7).
 
     Notes
     -----
     Buffers: ``ratio_ema`` (float32), ``step_count`` and ``nonfinite_count`` (int32).
     ``forward`` never reads a value on the host; ``return_stats=True`` returns 0-d tensors.
-    Under ``torch.distributed`` the batch ratio is averaged over ranks.
+    Under ``torch.distributed`` the batch ratio is averaged over ranks unless
+    ``sync_ratio=False``; DDP's buffer sync (``forward_sync_buffers``, ``broadcast_buffers``
+    before torch 2.13; on by default) then still copies rank 0's buffers to every rank
+    before each forward.
 
     With ``k_update > 1`` the layer keeps the schedule's phase (``step_count % k_update``) on
     the host, so choosing the step needs no sync. A ``step_count`` written from outside (an
@@ -78,15 +87,15 @@ class AionResidual(nn.Module):
     --------
     >>> layer = AionResidual(alpha0=0.2, beta=0.1)
     >>> layer
-    AionResidual(alpha0=0.2, beta=0.1, ema_gamma=0.99, epsilon=1e-08, k_update=1)
+    AionResidual(alpha0=0.2, beta=0.1, ema_gamma=0.99, epsilon=1e-08, k_update=1, sync_ratio=True)
     >>> layer.alpha_cached  # the eval alpha; ratio_ema = 1.0 when fresh
     tensor(0.1818)
     """
 
     def __init__(self, alpha0: float = 0.1, beta: float = 0.05, ema_gamma: float = 0.99,
-                 epsilon: float = 1e-8, k_update: int = 1):
+                 epsilon: float = 1e-8, k_update: int = 1, sync_ratio: bool = True):
         super().__init__()
-        self.config = aion_core.AionConfig(alpha0, beta, ema_gamma, epsilon, k_update)
+        self.config = aion_core.AionConfig(alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio)
         self.alpha0 = nn.Parameter(torch.tensor(self.config.alpha0, dtype=torch.float32))
         self.beta = nn.Parameter(torch.tensor(self.config.beta, dtype=torch.float32))
         for name, (dtype, _, value) in aion_core.STATE_SPEC.items():
@@ -111,6 +120,10 @@ class AionResidual(nn.Module):
     @property
     def k_update(self) -> int:
         return self.config.k_update
+
+    @property
+    def sync_ratio(self) -> bool:
+        return self.config.sync_ratio
 
     @property
     def alpha_cached(self) -> torch.Tensor:
@@ -146,7 +159,8 @@ class AionResidual(nn.Module):
                     update=self._phase == 0, replica_mean=replica_mean_or_none(), stop_gradient=_detach)
             else:  # eager: one autograd node with the closed-form gradient
                 out, new, stats = fused.train_step(x, y, x_norm, self.alpha0, self.beta, state, self.config,
-                                                   update=self._phase == 0, replica_mean=replica_mean_or_none())
+                                                   update=self._phase == 0,
+                                                   replica_mean=replica_mean_or_none(autograd=False))
             with torch.no_grad():
                 self.ratio_ema.copy_(new.ratio_ema)
                 self.step_count.copy_(new.step_count)
@@ -219,16 +233,18 @@ class AionResidual(nn.Module):
 class AionBlock(nn.Module):
     """Pre-norm residual block ``x + alpha * layer(LayerNorm(x))``, ratio taken on ``LayerNorm(x)``.
 
-    Same constructor and ``state_dict`` keys (``norm.*``, ``layer.*``, ``aion.*``) as aion-torch 1.0.2.
+    Same constructor (plus ``sync_ratio``, as for :class:`AionResidual`) and ``state_dict`` keys
+    (``norm.*``, ``layer.*``, ``aion.*``) as aion-torch 1.0.2.
     """
 
     def __init__(self, layer: nn.Module, dim: int, alpha0: float = 0.1, beta: float = 0.05,
-                 ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1):
+                 ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1,
+                 sync_ratio: bool = True):
         super().__init__()
         self.dim = aion_core.config.check_dim(dim)
         self.norm = nn.LayerNorm(dim)
         self.layer = layer
-        self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update)
+        self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio)
 
     @property
     def config(self) -> aion_core.AionConfig:

@@ -4,8 +4,8 @@ Each AION layer all-reduces its batch ratio in every training forward, and its g
 the backward (spec section 7): two small collectives per layer per step, on top of DDP's
 bucketed gradient all-reduce. This times a deep model (64 pre-norm feed-forward blocks,
 D=64, B=8 and T=128 per rank) on 2 gloo processes of one thread each, in interleaved
-rounds: plain DDP, AION, and AION with the ratio kept local to the rank (the all-reduce
-taken out, for this measurement only: it is not a mode of the layer).
+rounds: plain DDP, AION (``sync_ratio=True``, the default) and AION with the ratio kept
+local to the rank (``sync_ratio=False``: no collective for the ratio).
 
     python -m aion_conformance.bench.ddp [--blocks 64] [--width 64] [--seconds 30]
 """
@@ -30,22 +30,18 @@ def _worker(rank: int, port: int, args: dict, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from aion_pytorch import residual
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        collective = residual.replica_mean_or_none
         steps = {}
         for variant in VARIANTS:
-            blocks = models.torch_model(args["width"], "plain" if variant == "plain" else "aion", args["blocks"])
+            blocks = models.torch_model(args["width"], variant, args["blocks"])  # aion-local-ratio: sync_ratio=False
             model = torch.nn.parallel.DistributedDataParallel(blocks)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
             gen = torch.Generator().manual_seed(rank)
             x, target = (torch.randn(args["batch"], args["seq"], args["width"], generator=gen) for _ in range(2))
 
-            def step(model=model, opt=opt, x=x, target=target, local=variant == "aion-local-ratio"):
-                residual.replica_mean_or_none = (lambda: None) if local else collective
+            def step(model=model, opt=opt, x=x, target=target):
                 opt.zero_grad(set_to_none=True)
                 torch.nn.functional.mse_loss(model(x), target).backward()
                 opt.step()

@@ -28,6 +28,8 @@ def _k(variant):
 
 
 def _aion_kwargs(variant):
+    if variant == "aion-local-ratio":  # the DDP bench (bench/ddp.py): each rank's own ratio
+        return {"k_update": 1, "sync_ratio": False}
     return {} if variant in ("aion-torch-1.0.2", FLOOR) else {"k_update": _k(variant)}
 
 
@@ -104,7 +106,11 @@ def _keras_device(backend: str) -> str:
     return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
 
 
-def keras_step(width: int, variant: str, batch: int, seq: int):
+def keras_step(width: int, variant: str, batch: int, seq: int, jit: bool | None = None):
+    """``jit``: ``model.compile(jit_compile=...)`` (XLA on TensorFlow and JAX, ``torch.compile``
+    on PyTorch); None: the suite's default, jit on TensorFlow and JAX, eager on PyTorch (whose
+    ``torch.compile`` takes a minute or more per model). Without jit, TensorFlow still runs a
+    ``tf.function`` graph; JAX and PyTorch run op by op."""
     import keras
 
     from aion_keras import AionBlock
@@ -130,16 +136,26 @@ def keras_step(width: int, variant: str, batch: int, seq: int):
     for _ in range(BLOCKS):
         h = PlainBlock()(h) if variant == "plain" else AionBlock(ff(), width, k_update=_k(variant))(h)
     model = keras.Model(inp, h)
-    # keras-torch: torch.compile takes minutes per model here, so it runs eagerly.
+    backend = keras.backend.backend()
+    jit = backend != "torch" if jit is None else jit
     model.compile(keras.optimizers.AdamW(1e-3, beta_1=0.9, beta_2=0.95, weight_decay=0.0), "mse",
-                  jit_compile=keras.backend.backend() != "torch")
-    x, target = _data(batch, seq, width)
+                  jit_compile=jit)
+    # The backend's own tensors, made once (as on torch and Flax): numpy inputs would be copied
+    # to the device every step, and under torch.compile a numpy input breaks the graph.
+    x, target = (keras.ops.convert_to_tensor(a) for a in _data(batch, seq, width))
 
     def step():
         model.train_on_batch(x, target)  # returns the loss as a Python float: waits for the device
 
-    backend = keras.backend.backend()
-    return step, _keras_device(backend) + (" jit" if backend != "torch" else " eager")
+    return step, f"{_keras_device(backend)} {keras_mode(backend, jit)}"
+
+
+def keras_mode(backend: str, jit: bool) -> str:
+    """What a Keras step runs as: ``jit`` (XLA), ``compile`` (torch.compile), ``graph``
+    (a ``tf.function`` without XLA) or ``eager``."""
+    if jit:
+        return "compile" if backend == "torch" else "jit"
+    return "graph" if backend == "tensorflow" else "eager"
 
 
 def flax_nnx_step(width: int, variant: str, batch: int, seq: int):
@@ -156,7 +172,8 @@ def flax_nnx_step(width: int, variant: str, batch: int, seq: int):
 
     class PlainBlock(nnx.Module):
         def __init__(self, rngs):
-            self.norm = nnx.LayerNorm(width, epsilon=1e-5, rngs=rngs)
+            # AionBlock's LayerNorm: epsilon 1e-5 and the two-pass variance.
+            self.norm = nnx.LayerNorm(width, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
             self.layer = ff(rngs)
 
         def __call__(self, x):
@@ -169,16 +186,19 @@ def flax_nnx_step(width: int, variant: str, batch: int, seq: int):
     opt = nnx.Optimizer(model, optax.adamw(1e-3, b1=0.9, b2=0.95, weight_decay=0.0), wrt=nnx.Param)
     x, target = (jnp.asarray(a) for a in _data(batch, seq, width))
 
-    # nnx.jit walks the module graph in Python on every call, a cost per Variable that AION's
-    # five per block would add to its overhead; split once and jit a pure function instead.
+    # Python work per step grows with the number of Variables (AION adds five per block):
+    # nnx.jit walks the module graph on every call, and a State of Variables is flattened
+    # and rebuilt Variable by Variable in Python. So: split once, strip the Variables
+    # (nnx.as_pure: plain arrays, flattened in C++ as Linen's dicts are), jit a pure function.
     graphdef, state = nnx.split((model, opt))
+    state = nnx.as_pure(state)
 
     @jax.jit
     def train(state):
         model, opt = nnx.merge(graphdef, state)
         loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - target) ** 2))(model)
         opt.update(model, grads)
-        return nnx.state((model, opt)), loss
+        return nnx.as_pure(nnx.state((model, opt))), loss
 
     carry = {"state": state}
 
@@ -206,8 +226,8 @@ def flax_linen_step(width: int, variant: str, batch: int, seq: int):
         @nn.compact
         def __call__(self, x):
             for _ in range(BLOCKS):
-                if variant == "plain":
-                    x = x + FF()(nn.LayerNorm(epsilon=1e-5)(x))
+                if variant == "plain":  # AionBlock's LayerNorm: epsilon 1e-5, two-pass variance
+                    x = x + FF()(nn.LayerNorm(epsilon=1e-5, use_fast_variance=False)(x))
                 else:
                     x = aion_linen.AionBlock(FF(parent=None), k_update=_k(variant))(x, deterministic=False)
             return x

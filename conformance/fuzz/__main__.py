@@ -3,10 +3,11 @@
     python -m aion_conformance.fuzz                         # 200 examples per built-in driver
     python -m aion_conformance.fuzz --examples 2000 --only torch flax-nnx
     python -m aion_conformance.fuzz --driver mypkg.mod:MyDriver --every-execution
+    python -m aion_conformance.fuzz --replay reports/fuzz/found_0123456789.json --only torch
 
 Each driver runs in its own process on the same examples (``--seed``). A disagreement is
 shrunk and saved under ``--out`` (default ``reports/fuzz``) as a vector file; the exit
-status is 1 if any driver disagreed.
+status is 1 if any driver disagreed. ``--replay`` runs a saved case on the drivers instead.
 """
 
 from __future__ import annotations
@@ -28,21 +29,35 @@ def main(argv=None) -> int:
     p.add_argument("--driver", action="append", default=[], help="an outside driver, module:Class")
     p.add_argument("--every-execution", action="store_true", help="each example under every execution")
     p.add_argument("--out", type=Path, default=Path("reports") / "fuzz")
+    p.add_argument("--replay", type=Path, help="a saved case (found_*.json): run it on the drivers, no fuzzing")
     args = p.parse_args(argv)
     targets = [(name, name) for name in (args.only or registry.BACKENDS)] + [(spec, None) for spec in args.driver]
+    if args.replay is not None:
+        return _replay(targets, args.replay, args.every_execution)
     results = []
     for i, (spec, backend) in enumerate(targets, 1):
         print(f"[{i}/{len(targets)}] {spec}: {args.examples} examples ...", flush=True)
         result = registry.call("aion_conformance.fuzz.runner:fuzz", spec, args.examples, args.seed, str(args.out),
                                args.every_execution, True, backend=backend, echo=True)
         failure = result["failure"]
-        print(f"    {result['examples']} examples ({result['invalid']} invalid calls) in {result['seconds']} s: "
-              + ("no disagreement" if failure is None else f"DISAGREES, saved {failure['file']}\n      "
-                 + "\n      ".join(failure["messages"][:3])), flush=True)
+        counts = ", ".join(f"{n} {k}" for k, n in result["counts"].items())
+        print(f"    {result['examples']} examples ({counts}) in {result['seconds']} s: "
+              + ("no disagreement" if failure is None else f"DISAGREES ({failure['kind']}), saved {failure['file']}"
+                 "\n      " + "\n      ".join(failure["messages"][:3])), flush=True)
         results.append(result)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fuzz.json").write_text(json.dumps(results, indent=1))
     return 1 if any(r["failure"] for r in results) else 0
+
+
+def _replay(targets, path: Path, every_execution: bool) -> int:
+    failing = 0
+    for spec, backend in targets:
+        messages = registry.call("aion_conformance.fuzz.runner:replay", spec, str(path), every_execution,
+                                 backend=backend)
+        failing += bool(messages)
+        print(f"{spec}: " + ("agrees" if not messages else "DISAGREES\n  " + "\n  ".join(messages[:5])), flush=True)
+    return 1 if failing else 0
 
 
 if __name__ == "__main__":

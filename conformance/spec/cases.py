@@ -74,6 +74,25 @@ def _cancelling_calls(rng, dtype, shape, modes, state) -> list[dict]:
     return calls
 
 
+def _overflow_calls(rng, shape, modes) -> list[dict]:
+    """float16 ``x`` and ``y`` near 65504, mostly of one sign: ``x + alpha * y`` passes 65520.
+
+    No ``x_norm``, so the ratio is about 1 and ``alpha`` about 0.95. The float32 multiply-add
+    rounded once to float16 (spec section 4) is then inf, where the float64 reference is
+    finite; section 10 accepts an infinity where the reference, within the tolerance,
+    reaches the dtype's overflow threshold (65520).
+    """
+    calls = []
+    for mode in modes:
+        sign = np.where(rng.uniform(size=shape) < 0.5, -1.0, 1.0)
+        x = round_to(sign * rng.uniform(30000.0, 65504.0, shape), "float16")
+        flip = np.where(rng.uniform(size=shape) < 0.2, -1.0, 1.0)
+        y = round_to(np.clip(x * rng.uniform(0.5, 1.2, shape) * flip, -65504.0, 65504.0), "float16")
+        calls.append({"mode": mode, "alpha0": 1.0, "beta": float(np.float32(B0)), "x": x, "y": y,
+                      "x_norm": None, "cotangent": round_to(rng.standard_normal(shape), "float16")})
+    return calls
+
+
 #: What each vector is there to hold implementations to (shown with its failures).
 CASE_MUSTS = {
     "train_xnorm_f32": "spec 4, 5: the ratio from x_norm, EMA over update steps",
@@ -97,6 +116,7 @@ CASE_MUSTS = {
     "mixed_f64_f32": "spec 4: mixed input dtypes",
     "cancelling_bf16": "spec 4: the 16-bit multiply-add in float32, rounded once",
     "cancelling_f16": "spec 4: the 16-bit multiply-add in float32, rounded once",
+    "overflow_f16": "spec 4, 10: a float16 output past 65504 rounds to inf",
 }
 
 
@@ -153,6 +173,8 @@ def vector_cases() -> list[dict]:
     cases += [{"name": f"cancelling_{short}", "dtype": dtype, "config": {}, "state": dict(fresh),
                "calls": _cancelling_calls(rng, dtype, (4, 64), [T, T, E], fresh)}
               for short, dtype in (("bf16", "bfloat16"), ("f16", "float16"))]
+    cases.append({"name": "overflow_f16", "dtype": "float16", "config": {"alpha0": 1.0}, "state": dict(fresh),
+                  "calls": _overflow_calls(rng, (3, 8), [T, T, E])})
     cases = [{**case, "must": CASE_MUSTS[case["name"]]} for case in cases]
     return cases + found_cases()
 
@@ -189,6 +211,8 @@ CONFIG_ERRORS = [
     ({"k_update": True}, "TypeError"), ({"k_update": 2.0}, "TypeError"),
     # A subnormal float32 epsilon: XLA and GPUs flush it to zero, numpy and torch do not.
     ({"epsilon": 1e-40}, "ValueError"),
+    # sync_ratio is a switch: a truthy int or string is a mistake, not a choice.
+    ({"sync_ratio": 1}, "TypeError"), ({"sync_ratio": "yes"}, "TypeError"), ({"sync_ratio": None}, "TypeError"),
 ]
 
 

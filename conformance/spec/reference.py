@@ -18,7 +18,11 @@ def state_numbers(state: core.AionState) -> dict:
 
 def reference_call(config: core.AionConfig, alpha0: float, beta: float, state: dict,
                    mode: str, x, y, x_norm=None, cotangent=None):
-    """One call of the reference. Returns ``(result, new_state)`` in the driver format."""
+    """One call of the reference. Returns ``(result, new_state)`` in the driver format.
+
+    With a cotangent, ``result`` also has ``grad_scales``: for ``alpha0`` and ``beta``, the
+    gradient's magnitude scale of spec section 10 (the gradient with ``sum(|dout * y|)``).
+    """
     a0, b = np.float64(alpha0), np.float64(beta)
     st = core.portable.state_from_dict(state, np)
     update = mode == "train" and bool(core.is_update_step(int(st.step_count), config.k_update))
@@ -32,7 +36,7 @@ def reference_call(config: core.AionConfig, alpha0: float, beta: float, state: d
     result = {"out": np.asarray(out, np.float64),
               "stats": {k: float(v) for k, v in stats.items()}}
     if cotangent is not None:
-        result["grads"] = _grads(config, a0, b, st, update, x, y, x_norm, cotangent)
+        result["grads"], result["grad_scales"] = _grads(config, a0, b, st, update, x, y, x_norm, cotangent)
     return result, state_numbers(new)
 
 
@@ -61,6 +65,12 @@ def _grads(config, a0, b, st, update, x, y, x_norm, g):
         "x": g.copy(),
         "y": alpha * g,
     }
+    # The parameters' gradients are one sum over every element: rounded in float32, they are
+    # as accurate as the sum of the terms' magnitudes allows (spec section 10), so the same
+    # gradients with sum(|g * y|) are what their error is measured against.
+    dl_dalpha_magnitude = float(np.sum(np.abs(g * y)))
+    scales = {"alpha0": dl_dalpha_magnitude / (1.0 + b * s),
+              "beta": dl_dalpha_magnitude * a0 * s / (1.0 + b * s) ** 2}
     dl_dr = -dl_dalpha * a0 * b / (1.0 + b * s) ** 2 * ds_dr
     rows = y.size // d
     dl_dratio_row = dl_dr / rows
@@ -70,4 +80,4 @@ def _grads(config, a0, b, st, update, x, y, x_norm, g):
         grads["x"] = grads["x"] + dx_ref
     else:
         grads["x_norm"] = dx_ref
-    return grads
+    return grads, scales

@@ -1,8 +1,11 @@
 """Run with 2 host devices (XLA_FLAGS=--xla_force_host_platform_device_count=2); see
 test_flax_distributed.py. Checks that a data-parallel AION step equals the single-device one:
 
-* plain ``jit`` with the batch sharded over a mesh: no ``axis_name``, the ratio is global;
+* plain ``jit`` with the batch sharded over a mesh: no ``axis_name``, the ratio is global
+  (with ``sync_ratio=False`` too: one program over the global batch has no per-shard ratio);
 * ``shard_map`` with ``axis_name``: the ratio is ``pmean``-ed over the axis;
+* ``shard_map`` with ``axis_name`` and ``sync_ratio=False``: nothing is reduced over the axis,
+  each shard equals one device holding that shard alone;
 
 for NNX and Linen, comparing outputs, new state and gradients (params and input).
 """
@@ -21,9 +24,9 @@ import aion_flax.linen as aion_linen
 DIM, BATCH = 16, 8
 
 
-def nnx_step(axis_name):
-    model = aion_flax.AionBlock(nnx.Linear(DIM, DIM, rngs=nnx.Rngs(0)), DIM, beta=0.5,
-                                axis_name=axis_name)
+def nnx_step(axis_name, sync_ratio=True):
+    model = aion_flax.AionBlock(nnx.Linear(DIM, DIM, rngs=nnx.Rngs(0)), DIM, beta=0.5, ema_gamma=0.5,
+                                sync_ratio=sync_ratio, axis_name=axis_name)
     graphdef, params, stats = nnx.split(model, nnx.Param, aion_flax.AionStat)
 
     def forward(params, stats, x):
@@ -32,8 +35,9 @@ def nnx_step(axis_name):
     return forward, params, stats
 
 
-def linen_step(axis_name):
-    module = aion_linen.AionBlock(nn.Dense(DIM), beta=0.5, axis_name=axis_name)
+def linen_step(axis_name, sync_ratio=True):
+    module = aion_linen.AionBlock(nn.Dense(DIM), beta=0.5, ema_gamma=0.5, sync_ratio=sync_ratio,
+                                  axis_name=axis_name)
     variables = module.init(jax.random.key(0), jnp.zeros((BATCH, DIM), jnp.float32), deterministic=True)
 
     def forward(params, stats, x):
@@ -95,6 +99,37 @@ def main():
                             if "ratio_ema" in jax.tree_util.keystr(p)][0]
         assert not np.allclose(ema(per_shard["state"]), ema(single["state"])), \
             "half-batch ratios should differ from the global one"
+
+        # sync_ratio=False, plain jit over the sharded batch: still the global ratio.
+        forward_local, params, stats = make(None, sync_ratio=False)
+        check(f"{flavour} jit, batch sharded, sync_ratio=False",
+              value_and_grads(forward_local, params, stats, xs, cots), single)
+
+        # sync_ratio=False under shard_map with axis_name: each shard on its own, no collective.
+        forward_local, params, stats = make("data", sync_ratio=False)
+
+        def local_forward(params, stats, x):
+            out, new_stats = forward_local(params, stats, x)
+            return out, jax.tree.map(lambda a: a[None], new_stats)  # the shards' states differ
+
+        local = jax.shard_map(local_forward, mesh=mesh, in_specs=(P(), P(), P("data")),
+                              out_specs=(P("data"), P("data")))
+        synced = jax.shard_map(forward_axis, mesh=mesh, in_specs=(P(), P(), P("data")),
+                               out_specs=(P("data"), P()))
+        assert "psum" in str(jax.make_jaxpr(synced)(params, stats, xs)), "positive control: pmean is a psum"
+        assert "psum" not in str(jax.make_jaxpr(local)(params, stats, xs)), "sync_ratio=False reduced over the axis"
+        got = value_and_grads(local, params, stats, xs, cots)
+        half = BATCH // 2
+        shards = [value_and_grads(forward, params, stats, x[i * half:(i + 1) * half], cot[i * half:(i + 1) * half])
+                  for i in range(2)]
+        want = {"out": np.concatenate([s["out"] for s in shards]),
+                "state": jax.tree.map(lambda *a: np.stack(a), *(s["state"] for s in shards)),
+                # replicated params: their gradient is summed over the shards; x's is per row
+                "grads": (jax.tree.map(lambda a, b: a + b, shards[0]["grads"][0], shards[1]["grads"][0]),
+                          np.concatenate([s["grads"][1] for s in shards]))}
+        check(f"{flavour} shard_map axis_name, sync_ratio=False, per shard", got, want)
+        local_ema = ema(got["state"])
+        assert abs(float(local_ema[0] - local_ema[1])) > 1e-3, "the shards' own ratios should differ"
     print("OK")
 
 

@@ -17,3 +17,5 @@ def test_sharded_jit_and_shard_map_equal_single_device():
     for flavour in ("nnx", "linen"):
         assert f"{flavour} jit, batch sharded: matches single device" in proc.stdout
         assert f"{flavour} shard_map axis_name: matches single device" in proc.stdout
+        assert f"{flavour} jit, batch sharded, sync_ratio=False: matches single device" in proc.stdout
+        assert f"{flavour} shard_map axis_name, sync_ratio=False, per shard: matches single device" in proc.stdout

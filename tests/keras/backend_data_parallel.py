@@ -45,3 +45,31 @@ def test_fit_matches_single_device_full_batch():
     for a, b in zip(single.weights, parallel.weights, strict=True):
         np.testing.assert_allclose(np.asarray(b.value), np.asarray(a.value), rtol=1e-5, atol=1e-6,
                                    err_msg=a.path)
+
+
+def test_sync_ratio_false_still_takes_the_global_ratio():
+    """One jitted program over the global batch: there is no per-device ratio to keep, so
+    ``sync_ratio=False`` gives the whole batch's ratio here (as documented), not a shard's."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((8, DIM)).astype("float32")
+    y = np.concatenate([rng.standard_normal((4, DIM)), 4.0 * rng.standard_normal((4, DIM))]).astype("float32")
+
+    def ratio_ema(rows, sharded=False):
+        distribution = keras.distribution.DataParallel(devices=keras.distribution.list_devices("cpu"))
+        with distribution.scope():
+            layer = AionResidual(ema_gamma=0.5, sync_ratio=False)
+            a, b = x[rows], y[rows]
+            if sharded:
+                layout = distribution.get_data_layout(a.shape)
+                a, b = (keras.distribution.distribute_tensor(t, layout) for t in (a, b))
+                assert len(a.sharding.device_set) == 2
+            trainable, non_trainable = ([v.value for v in vs] for vs in
+                                        (layer.trainable_variables, layer.non_trainable_variables))
+            _, new_state = jax.jit(lambda a, b: layer.stateless_call(trainable, non_trainable, a, b,
+                                                                     training=True))(a, b)
+        assert layer.non_trainable_variables[0].name == "ratio_ema"
+        return float(new_state[0])
+
+    whole = ratio_ema(slice(0, 8))
+    np.testing.assert_allclose(ratio_ema(slice(0, 8), sharded=True), whole, rtol=1e-6)
+    assert abs(ratio_ema(slice(0, 4)) - whole) > 0.1 and abs(ratio_ema(slice(4, 8)) - whole) > 0.1

@@ -67,3 +67,67 @@ def test_fit_matches_single_device_full_batch():
     for a, b in zip(single.weights, mirrored.weights, strict=True):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
     assert int(mirrored.weights[-1].numpy()) == 0  # nonfinite_count of the last block
+
+
+def _one_step(layer, x, y, cot):
+    """Training forward and gradients of ``sum(out * cot)``: (out, ratio, d alpha0, d beta, dx, dy)."""
+    with tf.GradientTape() as tape:
+        tape.watch([x, y])
+        out, stats = layer(x, y, training=True, return_stats=True)
+        loss = tf.reduce_sum(out * cot)
+    return (out, stats["ratio"], *tape.gradient(loss, [layer.alpha0, layer.beta, x, y]))
+
+
+@pytest.mark.parametrize("k_update", [1, 2])
+@pytest.mark.parametrize("sync_ratio", [True, False])
+def test_sync_ratio_on_two_replicas(monkeypatch, sync_ratio, k_update):
+    """True: the whole batch's ratio (one all-reduce forward, one backward). False: each replica
+    is one device holding its half alone, with no all-reduce; the state kept is the first replica's."""
+    calls = []
+    all_reduce = tf.distribute.ReplicaContext.all_reduce
+
+    def counting(self, *args, **kwargs):
+        calls.append(args[0])
+        return all_reduce(self, *args, **kwargs)
+
+    monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((8, DIM)).astype("float32")
+    y = np.concatenate([rng.standard_normal((4, DIM)), 4.0 * rng.standard_normal((4, DIM))]).astype("float32")
+    cot = rng.standard_normal((8, DIM)).astype("float32")
+    kw = {"ema_gamma": 0.5, "beta": 0.5, "k_update": k_update, "sync_ratio": sync_ratio}
+
+    strategy = tf.distribute.MirroredStrategy(DEVICES)
+    with strategy.scope():
+        mirrored = AionResidual(**kw)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, cot)).batch(8)
+    batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
+    results = strategy.run(tf.function(lambda a, b, c: _one_step(mirrored, a, b, c)), args=batch)
+    replicas = [[t.numpy() for t in r] for r in zip(*(strategy.experimental_local_results(v) for v in results))]
+    stored = [v.numpy() for v in strategy.experimental_local_results(mirrored.ratio_ema.value)]
+    # Each replica traces the step: with sync_ratio one all-reduce forward, one backward, per replica.
+    assert calls == ([tf.distribute.ReduceOp.MEAN] * 2 * 2 if sync_ratio else [])
+
+    def single(rows):
+        layer = AionResidual(**kw)
+        got = [t.numpy() for t in _one_step(layer, *(tf.constant(a[rows]) for a in (x, y, cot)))]
+        return got, state_of(layer)["ratio_ema"]
+
+    close = {"rtol": 1e-5, "atol": 1e-6}
+    halves = [slice(0, 4), slice(4, 8)]
+    if sync_ratio:  # one device, whole batch: rows split, parameter gradients summed over replicas
+        (out, ratio, d_alpha0, d_beta, dx, dy), ratio_ema = single(slice(0, 8))
+        for rows, got in zip(halves, replicas):
+            for g, w in zip((got[0], got[1], got[4], got[5]), (out[rows], ratio, dx[rows], dy[rows])):
+                np.testing.assert_allclose(g, w, **close)
+        np.testing.assert_allclose(replicas[0][2] + replicas[1][2], d_alpha0, **close)
+        np.testing.assert_allclose(replicas[0][3] + replicas[1][3], d_beta, **close)
+        np.testing.assert_allclose(stored, [ratio_ema] * 2, rtol=1e-6)
+    else:  # each replica alone on its half
+        wants = [single(rows) for rows in halves]
+        for got, (want, _) in zip(replicas, wants):
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g, w, **close)
+        assert abs(float(replicas[0][1] - replicas[1][1])) > 0.1  # the two halves' ratios differ
+        np.testing.assert_allclose(stored, [wants[0][1]] * 2, rtol=1e-6)  # the first replica's state
+    assert state_of(mirrored)["step_count"] == 1

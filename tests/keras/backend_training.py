@@ -103,10 +103,29 @@ def test_save_load_resumes_the_same_trajectory(tmp_path):
     assert state_of(aion_layers(loaded)[0])["step_count"] == 3 * STEPS_PER_EPOCH
 
 
-def test_residual_config_round_trip():
-    layer = AionResidual(alpha0=0.2, beta=0.0, ema_gamma=1.0, epsilon=1e-6, k_update=4, name="r")
+@pytest.mark.parametrize("sync_ratio", [True, False])
+def test_residual_config_round_trip(sync_ratio):
+    layer = AionResidual(alpha0=0.2, beta=0.0, ema_gamma=1.0, epsilon=1e-6, k_update=4, sync_ratio=sync_ratio,
+                         name="r")
+    assert layer.get_config()["sync_ratio"] is sync_ratio
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(clone) is AionResidual and clone.config == layer.config and clone.name == "r"
+    assert clone.config.sync_ratio is sync_ratio
+    block = AionBlock(keras.layers.Dense(4), 4, k_update=2, sync_ratio=sync_ratio, name="b")
+    assert block.get_config()["sync_ratio"] is sync_ratio
+    clone = AionBlock.from_config(block.get_config())
+    assert clone.config == block.config and clone.aion.config.sync_ratio is sync_ratio
+
+
+def test_sync_ratio_must_be_a_bool():
+    for bad in (1, "yes"):
+        with pytest.raises(TypeError, match="^sync_ratio must be a bool"):
+            AionResidual(sync_ratio=bad)
+        with pytest.raises(TypeError, match="^sync_ratio must be a bool"):
+            AionBlock(keras.layers.Dense(4), 4, sync_ratio=bad)
+        # (Keras' from_config re-raises it as a TypeError of its own that quotes the message)
+        with pytest.raises(TypeError, match="sync_ratio must be a bool, got"):
+            AionResidual.from_config({**AionResidual().get_config(), "sync_ratio": bad})
 
 
 @pytest.mark.slow

@@ -220,10 +220,12 @@ def test_alpha_cached_reads_nothing_on_host():
 
 
 def test_repr_shows_every_hyper_parameter():
-    text = repr(AionResidual(alpha0=0.2, beta=0.1, ema_gamma=0.95, epsilon=1e-6, k_update=3))
-    assert text == "AionResidual(alpha0=0.2, beta=0.1, ema_gamma=0.95, epsilon=1e-06, k_update=3)"
+    text = repr(AionResidual(alpha0=0.2, beta=0.1, ema_gamma=0.95, epsilon=1e-6, k_update=3, sync_ratio=False))
+    assert text == ("AionResidual(alpha0=0.2, beta=0.1, ema_gamma=0.95, epsilon=1e-06, k_update=3, "
+                    "sync_ratio=False)")
     with torch.device("meta"):
         assert "alpha0=0.1" in repr(AionBlock(torch.nn.Linear(4, 4), 4))
+        assert "sync_ratio=True" in repr(AionBlock(torch.nn.Linear(4, 4), 4))
 
 
 @pytest.mark.parametrize("kwargs, message", [
