@@ -33,8 +33,16 @@ class KerasDType(str):
 
     __hash__ = str.__hash__
 
+    def __new__(cls, name: str):
+        dtype = super().__new__(cls, name)
+        # The name as a plain str: torch.compile traces a str subclass's own value as
+        # something keras.backend.standardize_dtype refuses ("Invalid dtype: 'float32'"), a
+        # graph break in every AION layer under Keras' jit_compile on torch.
+        dtype.name = str.__str__(dtype)
+        return dtype
+
     def __eq__(self, other):
-        return _standard_name(other) == str.__str__(self)
+        return _standard_name(other) == self.name
 
     def __ne__(self, other):
         return not self.__eq__(other)
@@ -42,7 +50,7 @@ class KerasDType(str):
 
 def _standard_name(dtype):
     if isinstance(dtype, KerasDType):
-        return str.__str__(dtype)
+        return dtype.name
     try:
         return keras.backend.standardize_dtype(dtype)
     except (ValueError, TypeError, AttributeError):
@@ -105,7 +113,7 @@ def mean(x, /, *, axis=None, keepdims=False):
         # keras.ops.mean would average in float32 here (Keras demotes float64 outside
         # TensorFlow), so sum in float64 and divide by the static element count.
         axes = range(len(x.shape)) if axis is None else (axis,) if isinstance(axis, int) else axis
-        count = math.prod(x.shape[a] for a in axes)
+        count = math.prod([x.shape[a] for a in axes])  # a list: Dynamo cannot trace a generator here
         return ops.sum(x, axis=axis, keepdims=keepdims) / count
     return ops.mean(x, axis=axis, keepdims=keepdims)
 

@@ -13,6 +13,12 @@ from aion_keras import namespace as xp
 from aion_keras.distribution import replica_mean_or_none
 
 _STATE_NAMES = tuple(aion_core.STATE_SPEC)
+if keras.backend.backend() == "torch":
+    # A copy Inductor saves for the backward: recomputed there, a plain copy would read the
+    # variable after the forward's in-place assign (wrong gradients under torch.compile).
+    from aion_pytorch.snapshot import snapshot as _copy_state
+else:
+    _copy_state = ops.copy
 #: A tensor of the Keras backend in use (``tf.Tensor``, ``jax.Array`` or ``torch.Tensor``).
 Tensor = Any
 
@@ -117,7 +123,7 @@ class AionResidual(keras.layers.Layer):
         if training:
             # Copies: under PyTorch the assigns below write the variables in place, and the
             # backward may still need the values read here.
-            state = aion_core.AionState(*(ops.copy(getattr(self, n).value) for n in _STATE_NAMES))
+            state = aion_core.AionState(*(_copy_state(getattr(self, n).value) for n in _STATE_NAMES))
             out, new_state, stats = self._train_step(x, y, x_norm, alpha0, beta, state)
             # The core has validated the inputs before returning: a failed call assigns nothing.
             for name, value in zip(_STATE_NAMES, new_state):
@@ -150,11 +156,12 @@ class AionResidual(keras.layers.Layer):
             return run
 
         update = aion_core.is_update_step(state.step_count, config.k_update)
-        if replica_mean is None:
+        if replica_mean is None and keras.backend.backend() != "torch":
             out, new_state, stats = ops.cond(update, branch(True), branch(False))
         else:
-            # tf.distribute cannot all-reduce inside a tf.cond branch, so both branches run
-            # (every replica all-reduces every step) and the results are selected.
+            # Both branches run and the results are selected: tf.distribute cannot all-reduce
+            # inside a tf.cond branch, and Keras' cond on torch is a Python `if` on the tensor
+            # (a host sync every step, a graph break under torch.compile).
             out, new_state, stats = keras.tree.map_structure(
                 lambda on, off: ops.where(update, on, off), branch(True)(), branch(False)())
         return out, aion_core.AionState(*new_state), stats

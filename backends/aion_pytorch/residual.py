@@ -9,31 +9,11 @@ from torch import nn
 import aion_core
 from aion_pytorch import checks, fused
 from aion_pytorch.distributed import replica_mean_or_none
+from aion_pytorch.snapshot import snapshot
 
 
 def _detach(t: torch.Tensor) -> torch.Tensor:
     return t.detach()
-
-
-def _clone(t: torch.Tensor) -> torch.Tensor:
-    return t.clone()
-
-
-def _empty_like(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(t)
-
-
-# An opaque op that copies ``ratio_ema`` under torch.compile. Inductor's partitioner may
-# recompute a cheap saved value in the backward instead of saving it; recomputing
-# ``clone(ratio_ema)`` there reads the buffer after the forward has updated it in place
-# (torch 2.13: beta's gradient off by ~1e-3 relative whenever the batch ratio is also an
-# output). It never recomputes an opaque op, so this copy is saved. Defined with the
-# low-level torch.library API: a call costs ~4 us, against ~60 us for torch.library.custom_op.
-_LIBRARY = torch.library.Library("aion_pytorch", "FRAGMENT")
-_LIBRARY.define("snapshot(Tensor t) -> Tensor")
-_LIBRARY.impl("snapshot", _clone, "CompositeExplicitAutograd")
-torch.library.register_fake("aion_pytorch::snapshot", _empty_like, lib=_LIBRARY)
-_snapshot = torch.ops.aion_pytorch.snapshot
 
 
 def _version(t: torch.Tensor) -> int | None:
@@ -147,7 +127,7 @@ class AionResidual(nn.Module):
             return (stand_in, {}) if return_stats else stand_in
         # A copy: autograd may save the ratio (for beta's gradient), and this or a later
         # training forward updates the buffer in place.
-        ema = _snapshot(self.ratio_ema) if torch.compiler.is_compiling() else self.ratio_ema.clone()
+        ema = snapshot(self.ratio_ema)
         state = aion_core.AionState(ema, self.step_count, self.nonfinite_count)
         if self.training:
             k_update = self.config.k_update

@@ -4,7 +4,7 @@
     python -m aion_conformance.bench --original      # aion-torch 1.0.2's own benchmark: torch, D=512
     python -m aion_conformance.bench --device cuda   # torch on the GPU, timed with CUDA events
 
-torch runs eagerly and under ``torch.compile`` (``--no-compile``: eagerly only).
+torch and Keras on torch run eagerly and under ``torch.compile`` (``--no-compile``: eagerly only).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch's device")
-    p.add_argument("--no-compile", action="store_true", help="torch: no torch.compile rows")
+    p.add_argument("--no-compile", action="store_true", help="torch, keras-torch: no torch.compile rows")
     p.add_argument("--original", action="store_true",
                    help=f"aion-torch 1.0.2's overhead benchmark: torch, 4 blocks, D=512, B=8, T=128, with {ORIGINAL}")
     p.add_argument("--out", type=Path, default=Path("reports"))
@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     (args.out / "bench.json").write_text(json.dumps(rows, indent=1))
     plot(rows, args.out / "bench.png")
     print(f"wrote {args.out / 'bench.md'}, bench.json, bench.png")
-    expected = sum(len(args.widths) * (2 if b == "torch" and not args.no_compile else 1) for b in args.backends)
+    expected = sum(len(args.widths) * (2 if b in ("torch", "keras-torch") and not args.no_compile else 1)
+                   for b in args.backends)
     return 0 if len(rows) == expected else 1
 
 

@@ -34,11 +34,13 @@ def bench_backend(backend: str, widths: list[int], variants: list[str], seconds:
     variants = list(variants)
     if backend == "torch" and ORIGINAL not in variants and original.load() is not None:
         variants.append(ORIGINAL)
-    modes = [False, True] if backend == "torch" and compiled else [False]
+    # torch, and Keras on torch (jit_compile: torch.compile), also run compiled when asked.
+    modes = [False, True] if backend in ("torch", "keras-torch") and compiled else [False]
     rows = []
     for width in widths:
         for mode in modes:
-            extra = {"device": device, "compiled": mode} if backend == "torch" else {}
+            extra = ({"device": device, "compiled": mode} if backend == "torch"
+                     else {"jit": mode} if backend == "keras-torch" else {})
             # The original reads its ratio on the host (.item()), a graph break; the floor is an
             # eager bound: both eager only.
             made = {v: make(width, v, batch, seq, **extra) for v in variants if not (mode and v in (ORIGINAL, FLOOR))}

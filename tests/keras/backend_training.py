@@ -136,3 +136,29 @@ def test_torch_compile_fit():
     losses = fit(model, 1, True)
     assert np.isfinite(losses).all()
     assert all(state_of(layer)["step_count"] == STEPS_PER_EPOCH for layer in aion_layers(model))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile: Keras on PyTorch only")
+@pytest.mark.parametrize("k_update", [1, 2])
+def test_torch_compile_fullgraph_matches_eager(k_update):
+    # A graph break (the Keras dtype names once caused one in every layer; Keras' cond on torch
+    # is a host `if`) would make fullgraph=True raise here; jit_compile=True would fall back to
+    # eager for that layer silently.
+    import torch
+
+    rng = np.random.default_rng(k_update)
+    eager, compiled = (AionResidual(beta=0.3, k_update=k_update) for _ in range(2))
+    step = torch.compile(lambda layer, x, y: layer.call(x, y, training=True), fullgraph=True)
+    for _ in range(3):
+        x, y = (torch.tensor(rng.standard_normal((4, DIM)), dtype=torch.float32, requires_grad=True)
+                for _ in range(2))
+        outs, grads = [], []
+        for layer, call in ((eager, lambda l, x, y: l.call(x, y, training=True)), (compiled, step)):
+            out = call(layer, x, y)
+            grads.append(torch.autograd.grad((out * out).sum(), [x, y, layer.alpha0.value]))
+            outs.append(out.detach().numpy())
+        np.testing.assert_allclose(outs[1], outs[0], rtol=1e-6, atol=1e-7)
+        for g_compiled, g_eager in zip(grads[1], grads[0]):
+            np.testing.assert_allclose(g_compiled.numpy(), g_eager.numpy(), rtol=1e-5, atol=1e-6)
+        assert state_of(compiled) == state_of(eager)
+    assert state_of(compiled)["step_count"] == 3
