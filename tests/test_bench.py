@@ -23,3 +23,16 @@ def test_floor_matches_the_adapter_over_training_steps():
             layer.alpha0.grad = layer.beta.grad = None
         for got, want in zip(*results):
             torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-7)
+
+
+def test_layer_profile_runs_every_variant(capsys):
+    from aion_conformance import original
+    from aion_conformance.bench import layer
+
+    assert layer.main(["--widths", "8", "--batch", "2", "--seq", "3", "--seconds", "0"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
+    expected = ["x + y", "empty autograd.Function", "aion-floor", "aion"]
+    expected += ["aion-torch-1.0.2"] if original.load() is not None else []
+    assert [r[1] for r in rows] == expected
+    assert all(float(r[2]) > 0 for r in rows)
+    assert rows[0][3] == "+0 |"

@@ -55,8 +55,8 @@ def compare(got, want, rtol: float, atol: float = 0.0, dtype: str | None = None,
     (True, False)
     >>> compare([np.inf, 1.0], [np.inf, 1.0], 1e-5)[0], compare([-np.inf], [np.inf], 1e-5)[0]
     (True, False)
-    >>> [compare([np.inf], [w], 4e-3, 0.0, "float16")[0] for w in (65530.0, 65400.0, 60000.0, -65530.0)]
-    [True, True, False, False]
+    >>> tuple(compare([np.inf], [w], 4e-3, 0.0, "float16")[0] for w in (65530.0, 65400.0, 60000.0, -65530.0))
+    (True, True, False, False)
     >>> compare([2.5e-5], [2.53e-5], 1e-5)[0], compare([2.5e-5], [2.53e-5], 1e-5, magnitude=1.5)[0]
     (False, True)
     """
