@@ -153,7 +153,9 @@ def train_vjp(saved: Saved, dout, *, xp=None, replica_mean=None, fma=multiply_ad
     dx = dout_acc
     dx_norm = None
     if saved.denominator is not None:
-        d_r = d_q * saved.beta * saved.ratio_slope
+        # ratio_slope is 0 on a guarded step: no gradient through the ratio, even where d_q
+        # overflowed (inf * 0 would be NaN in y's and x_ref's gradients).
+        d_r = xp.where(saved.ratio_slope > 0, d_q * saved.beta * saved.ratio_slope, 0.0)
         if replica_mean is not None:
             d_r = replica_mean(d_r)
         scale = 2.0 * d_r / (math.prod(y.shape) * saved.denominator)  # d r / d E[y], per row, over D

@@ -39,12 +39,18 @@ def energy(xp, t, acc_dtype=None):
     return xp.mean(t * t, axis=-1)
 
 
-def batch_ratio(xp, x_ref, y, epsilon: float, acc_dtype=None):
+def batch_ratio(xp, x_ref, y, epsilon: float, acc_dtype=None, stop_gradient=None):
     """``mean over rows of E[y] / (E[x_ref] + epsilon)``: one scalar for the batch.
 
     ``epsilon`` is added in the accumulation dtype, after the energy is formed. That dtype
     is ``acc_dtype`` if given (a float64 ``x`` makes it float64 even when ``x_ref`` is
     ``x_norm``: spec section 4), else that of ``x_ref`` and ``y``.
+
+    ``stop_gradient`` (autodiff frameworks): rows whose ratio is not finite (a float32
+    square past 3.4e38, an energy over one that underflowed, a NaN) take it through it. The
+    guard of spec section 5 then holds the step and sends the ratio a zero gradient, which
+    the division's backward would otherwise multiply by that row's inf (``0 * inf = NaN``
+    into ``x_ref``'s gradient). The values are the same either way.
 
     Examples
     --------
@@ -53,8 +59,13 @@ def batch_ratio(xp, x_ref, y, epsilon: float, acc_dtype=None):
     6.0
     """
     acc = acc_dtype or accumulation_dtype(xp, x_ref.dtype, y.dtype)
-    per_row = energy(xp, y, acc) / (energy(xp, x_ref, acc) + epsilon)
-    return xp.mean(per_row)
+    e_y, e_x = energy(xp, y, acc), energy(xp, x_ref, acc) + epsilon
+    if stop_gradient is None:
+        return xp.mean(e_y / e_x)
+    per_row = e_y / e_x
+    finite = xp.isfinite(stop_gradient(per_row))
+    safe = xp.where(finite, e_y, 0.0) / xp.where(finite, e_x, 1.0)
+    return xp.mean(xp.where(finite, safe, stop_gradient(per_row)))
 
 
 def compute_alpha(alpha0, beta, ratio):

@@ -152,7 +152,7 @@ def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig,
     x, y = cast(xp, x, acc), cast(xp, y, acc)
     x_norm = None if x_norm is None else cast(xp, x_norm, acc)
     if update:
-        r = batch_ratio(xp, x if x_norm is None else x_norm, y, config.epsilon, acc)
+        r = batch_ratio(xp, x if x_norm is None else x_norm, y, config.epsilon, acc, stop_gradient)
         if replica_mean is not None:
             r = replica_mean(r)
         # The guard asks whether r is finite once rounded to the state's dtype (float32):

@@ -15,7 +15,10 @@ checks, call by call:
   ``ratio_ema`` as it was, exactly when this batch's ratio, the ``ratio`` stat, is not
   finite once rounded to float32 (sections 5, 7a);
 - the stats (section 7a): ``ratio_ema`` is the stored ratio after the call, ``ratio`` the
-  stored one on hold steps and in eval, and ``alpha`` is finite, between 0 and ``alpha0``.
+  stored one on hold steps and in eval, and ``alpha`` is finite, between 0 and ``alpha0``;
+- on hold steps, guarded steps and in eval no gradient flows through the ratio (section 7):
+  with finite inputs and cotangent, ``x_norm``'s gradient is exactly 0 (an autodiff path once
+  turned the ratio's zero gradient into NaN where a float32 ``E[y]`` overflowed).
 
 A stored ratio below float32's smallest normal number (a state the fuzzer sets, ``1e-40``)
 and 0 count as the same value: XLA (JAX, TensorFlow) and GPUs flush float32 subnormals to
@@ -104,7 +107,7 @@ def _call_faults(call: dict, got: dict, before: dict, after: dict, out_dtype: st
                 after["ratio_ema"], before["ratio_ema"]):
             faults.append((_label("eval state"), f"state {before} -> {after}"))
         faults += _stats_faults(stats, after, call, stored=before["ratio_ema"])
-        return faults
+        return faults + _ratio_gradient_faults(call, got)
     update = int(before["step_count"]) % k_update == 0
     if int(after["step_count"]) != int(before["step_count"]) + 1:
         faults.append((_label("state"), f"step_count {before['step_count']} -> {after['step_count']}"))
@@ -112,7 +115,7 @@ def _call_faults(call: dict, got: dict, before: dict, after: dict, out_dtype: st
     if not update:
         if guarded or not _same(after["ratio_ema"], before["ratio_ema"]):
             faults.append((_label("state"), f"a hold step changed the state: {before} -> {after}"))
-        return faults + _stats_faults(stats, after, call, stored=before["ratio_ema"])
+        return faults + _stats_faults(stats, after, call, stored=before["ratio_ema"]) + _ratio_gradient_faults(call, got)
     with np.errstate(over="ignore"):
         ratio_finite = bool(np.isfinite(np.float32(stats["ratio"])))
     if guarded not in (0, 1) or bool(guarded) == ratio_finite:
@@ -121,7 +124,20 @@ def _call_faults(call: dict, got: dict, before: dict, after: dict, out_dtype: st
                                         f"({'finite' if ratio_finite else 'not finite'} in float32)"))
     if guarded and not _same(after["ratio_ema"], before["ratio_ema"]):
         faults.append((_label("state"), f"the guard fired but ratio_ema {before['ratio_ema']} -> {after['ratio_ema']}"))
-    return faults + _stats_faults(stats, after, call, stored=None)
+    return faults + _stats_faults(stats, after, call, stored=None) + (_ratio_gradient_faults(call, got) if guarded else [])
+
+
+def _ratio_gradient_faults(call: dict, got: dict) -> list[tuple[str, str]]:
+    """Spec 7: where the ratio carries no gradient, ``x_norm`` (used by the ratio alone) gets 0."""
+    g = got.get("grads", {}).get("x_norm")
+    arrays = [call[k] for k in ("x", "y", "x_norm", "cotangent")]
+    if g is None or any(a is None or not np.isfinite(a).all() for a in arrays):
+        return []
+    if np.all(np.asarray(g) == 0):
+        return []
+    bad = np.asarray(g)[np.asarray(g) != 0]
+    return [(_label("grad"), f"grad.x_norm is not 0 where no gradient flows through the ratio: "
+                             f"{bad.size} elements, e.g. {bad.reshape(-1)[0]!r}")]
 
 
 def _stats_faults(stats: dict, after: dict, call: dict, stored: float | None) -> list[tuple[str, str]]:

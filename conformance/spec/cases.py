@@ -117,6 +117,7 @@ CASE_MUSTS = {
     "cancelling_bf16": "spec 4: the 16-bit multiply-add in float32, rounded once",
     "cancelling_f16": "spec 4: the 16-bit multiply-add in float32, rounded once",
     "overflow_f16": "spec 4, 10: a float16 output past 65504 rounds to inf",
+    "overflow_energy_f32": "spec 5, 7: a guarded or hold step sends no gradient through the ratio",
 }
 
 
@@ -175,6 +176,15 @@ def vector_cases() -> list[dict]:
               for short, dtype in (("bf16", "bfloat16"), ("f16", "float16"))]
     cases.append({"name": "overflow_f16", "dtype": "float16", "config": {"alpha0": 1.0}, "state": dict(fresh),
                   "calls": _overflow_calls(rng, (3, 8), [T, T, E])})
+    # float32 squares of y past 3.4e38: E[y] is inf in float32 (1e60 in the float64 reference,
+    # whose ratio is inf in float32 too), so the step is guarded. The ratio's zero gradient
+    # must not meet that inf in the division's backward (0 * inf = NaN into x_norm's
+    # gradient), on the update step nor on the hold step after it, where an adapter may
+    # compute the update step and discard it (Keras on torch).
+    cases.append({"name": "overflow_energy_f32", "dtype": "float32", "config": {"k_update": 2},
+                  "state": dict(fresh),
+                  "calls": _calls(rng, "float32", (2, 8), [T, T, T, T, E],
+                                  scales=[(1.0, 1e30), (1.0, 1e30), (1.0, 1.0), (1.0, 1e30), (1.0, 1.0)])})
     cases = [{**case, "must": CASE_MUSTS[case["name"]]} for case in cases]
     return cases + found_cases()
 

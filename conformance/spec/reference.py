@@ -71,6 +71,10 @@ def _grads(config, a0, b, st, update, x, y, x_norm, g):
     dl_dalpha_magnitude = float(np.sum(np.abs(g * y)))
     scales = {"alpha0": dl_dalpha_magnitude / (1.0 + b * s),
               "beta": dl_dalpha_magnitude * a0 * s / (1.0 + b * s) ** 2}
+    if not live:  # no gradient through the ratio (spec section 7): x_ref's is exactly 0
+        if x_norm is not None:
+            grads["x_norm"] = np.zeros_like(x_norm)
+        return grads, scales
     dl_dr = -dl_dalpha * a0 * b / (1.0 + b * s) ** 2 * ds_dr
     rows = y.size // d
     dl_dratio_row = dl_dr / rows
