@@ -115,7 +115,8 @@ def _call_faults(call: dict, got: dict, before: dict, after: dict, out_dtype: st
     if not update:
         if guarded or not _same(after["ratio_ema"], before["ratio_ema"]):
             faults.append((_label("state"), f"a hold step changed the state: {before} -> {after}"))
-        return faults + _stats_faults(stats, after, call, stored=before["ratio_ema"]) + _ratio_gradient_faults(call, got)
+        faults += _stats_faults(stats, after, call, stored=before["ratio_ema"])
+        return faults + _ratio_gradient_faults(call, got)
     with np.errstate(over="ignore"):
         ratio_finite = bool(np.isfinite(np.float32(stats["ratio"])))
     if guarded not in (0, 1) or bool(guarded) == ratio_finite:
@@ -124,7 +125,8 @@ def _call_faults(call: dict, got: dict, before: dict, after: dict, out_dtype: st
                                         f"({'finite' if ratio_finite else 'not finite'} in float32)"))
     if guarded and not _same(after["ratio_ema"], before["ratio_ema"]):
         faults.append((_label("state"), f"the guard fired but ratio_ema {before['ratio_ema']} -> {after['ratio_ema']}"))
-    return faults + _stats_faults(stats, after, call, stored=None) + (_ratio_gradient_faults(call, got) if guarded else [])
+    faults += _stats_faults(stats, after, call, stored=None)
+    return faults + (_ratio_gradient_faults(call, got) if guarded else [])
 
 
 def _ratio_gradient_faults(call: dict, got: dict) -> list[tuple[str, str]]:
