@@ -10,7 +10,8 @@ from __future__ import annotations
 def check_inputs(xp, x, y, x_norm=None) -> None:
     """Raise if ``x``, ``y`` (and ``x_norm``) cannot be combined by AION.
 
-    Messages keep aion-torch 1.0.2's wording ("Input shapes must match", "cannot be
+    ``x`` None is the scale-only form (``alpha * y``): then ``x_norm`` is required and
+    shapes are compared with ``y``'s. Messages keep aion-torch 1.0.2's wording ("Input shapes must match", "cannot be
     empty") and name the argument.
 
     Raises
@@ -45,18 +46,20 @@ def input_error(xp, x, y, x_norm=None) -> TypeError | ValueError | None:
     checks fail, the first in this order wins: dtypes (``x``, ``y``, ``x_norm``), then
     for each argument in that order a missing last axis, no elements, a shape that differs from ``x``.
     """
-    named = [("x", x), ("y", y)] + ([("x_norm", x_norm)] if x_norm is not None else [])
+    if x is None and x_norm is None:
+        return TypeError("x_norm is required without x (the scale-only form alpha * y)")
+    named = ([("x", x)] if x is not None else []) + [("y", y)] + ([("x_norm", x_norm)] if x_norm is not None else [])
     for name, t in named:
         if not xp.isdtype(t.dtype, "real floating"):
             return TypeError(f"{name} must have a floating dtype, got {t.dtype}")
-    shape = tuple(x.shape)
+    first, shape = named[0][0], tuple(named[0][1].shape)
     for name, t in named:
         if len(t.shape) == 0:
             return ValueError(f"{name} must have at least one axis (the feature axis), got a scalar")
         if any(d == 0 for d in t.shape):
             return ValueError(f"Input tensor {name} cannot be empty, got shape {tuple(t.shape)}")
-        if name != "x" and tuple(t.shape) != shape:
-            return ValueError(f"Input shapes must match: {name}.shape {tuple(t.shape)} != x.shape {shape}")
+        if name != first and tuple(t.shape) != shape:
+            return ValueError(f"Input shapes must match: {name}.shape {tuple(t.shape)} != {first}.shape {shape}")
     return None
 
 

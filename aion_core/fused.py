@@ -39,7 +39,7 @@ from aion_core.config import AionConfig
 from aion_core.errors import check_inputs
 from aion_core.math import cast
 from aion_core.state import AionState
-from aion_core.step import (_acc, _residual, alpha_from_ratio, multiply_add, output_dtype, replica_mean_for,
+from aion_core.step import (_acc, _dtype, _residual, alpha_from_ratio, multiply_add, output_dtype, replica_mean_for,
                             smoothed_ratio)
 
 
@@ -50,7 +50,8 @@ class Saved(NamedTuple):
     value per row, None on a hold step; ``per_row`` is 0 where the ratio was guarded (so a
     row whose energy overflowed carries no ``0 * inf`` into the gradient). ``ratio_slope`` is
     ``d r_s / d r``: ``1 - gamma`` (1 when ``gamma = 1``) on a finite update step, else 0.
-    ``x_ref_is_x`` says that the ratio's denominator is ``x`` itself (no ``x_norm``).
+    ``x_ref_is_x`` says that the ratio's denominator is ``x`` itself (no ``x_norm``);
+    ``x_dtype`` is None in the scale-only form (no ``x``, no gradient for it).
     ``alpha`` (and so the multiply-add and the gradients) is in the accumulation dtype.
     """
 
@@ -122,10 +123,10 @@ def train_forward(x, y, x_norm, alpha0, beta, state: AionState, config: AionConf
         r_s = ratio_stat = cast(xp, ema, acc)
         new_ema, nonfinite = ema, state.nonfinite_count
     alpha = alpha_from_ratio(xp, alpha0, beta, r_s)
-    out = _residual(xp, x, y, alpha, output_dtype(xp, x.dtype, y.dtype), fma)
+    out = _residual(xp, x, y, alpha, output_dtype(xp, _dtype(x), y.dtype), fma)
     new_state = AionState(new_ema, state.step_count + 1, nonfinite)
     stats = {"alpha": alpha, "ratio": ratio_stat, "ratio_ema": new_ema}
-    saved = Saved(x.dtype, x_norm is None, y, x_ref if update else None, denominator, per_row, ratio_slope,
+    saved = Saved(_dtype(x), x_norm is None, y, x_ref if update else None, denominator, per_row, ratio_slope,
                   cast(xp, alpha0, acc), cast(xp, beta, acc), r_s, alpha)
     return out, new_state, stats, saved
 
@@ -165,5 +166,6 @@ def train_vjp(saved: Saved, dout, *, xp=None, replica_mean=None, fma=multiply_ad
             dx = dx + dx_ref
         else:
             dx_norm = cast(xp, dx_ref, saved.x_ref.dtype)
-    return Grads(cast(xp, dx, saved.x_dtype), cast(xp, dy, y.dtype), dx_norm,
+    dx = None if saved.x_dtype is None else cast(xp, dx, saved.x_dtype)
+    return Grads(dx, cast(xp, dy, y.dtype), dx_norm,
                  g_alpha / q, d_q * saved.r_s)

@@ -32,6 +32,10 @@ def replica_mean_for(config: AionConfig, replica_mean):
     return replica_mean if config.sync_ratio else None
 
 
+def _dtype(t):
+    return None if t is None else t.dtype
+
+
 def _acc(xp, x, y, x_norm):
     return accumulation_dtype(xp, *(t.dtype for t in (x, y, x_norm) if t is not None))
 
@@ -43,7 +47,7 @@ def alpha_from_ratio(xp, alpha0, beta, ratio):
 
 
 def output_dtype(xp, x_dtype, y_dtype):
-    """The promoted floating dtype of ``x`` and ``y``: the output's dtype.
+    """The promoted floating dtype of ``x`` and ``y``: the output's dtype (``y``'s when ``x_dtype`` is None).
 
     Written out rather than ``xp.result_type``, which torch answers with a host-side
     ``torch.result_type`` call that ``torch.compile(fullgraph=True)`` cannot trace.
@@ -55,8 +59,8 @@ def output_dtype(xp, x_dtype, y_dtype):
     >>> output_dtype(np, np.float16, np.float32)
     <class 'numpy.float32'>
     """
-    if x_dtype == y_dtype:
-        return x_dtype
+    if x_dtype is None or x_dtype == y_dtype:
+        return y_dtype
     if xp.float64 in (x_dtype, y_dtype):
         return xp.float64
     return xp.float32
@@ -75,12 +79,15 @@ def multiply_add(a, s, b):
 
 
 def _residual(xp, x, y, alpha, out_dtype, fma=multiply_add):
+    # x None: the scale-only form, alpha * y, in the same dtypes.
     # The multiply-add runs in alpha's dtype, the accumulation dtype: the inputs' dtype for
     # float32/float64 (as aion-torch 1.0.2), float32 for 16-bit ones, rounded once at the
     # end, so alpha's gradient, sum(dout * y), is not summed in 16 bits either. Every
     # operand is cast: torch gives a 0-d operand no say in promotion, so a float64 alpha
     # times a float16 y would multiply in float16 (found by the fuzzer).
     acc = alpha.dtype
+    if x is None:
+        return cast(xp, alpha * cast(xp, y, acc), out_dtype)
     return cast(xp, fma(cast(xp, x, acc), alpha, cast(xp, y, acc)), out_dtype)
 
 
@@ -145,12 +152,11 @@ def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig,
     ema = sg(state.ratio_ema)
     nonfinite = state.nonfinite_count
     replica_mean = replica_mean_for(config, replica_mean)
-    acc, out_dtype = _acc(xp, x, y, x_norm), output_dtype(xp, x.dtype, y.dtype)
+    acc, out_dtype = _acc(xp, x, y, x_norm), output_dtype(xp, _dtype(x), y.dtype)
     # Each input is cast to acc once: x and y are read twice (energy, multiply-add), and two
     # casts of a 16-bit input give autodiff two 16-bit cotangents that it sums in 16 bits,
     # cancelling where the two gradient terms do (found by the fuzzer).
-    x, y = cast(xp, x, acc), cast(xp, y, acc)
-    x_norm = None if x_norm is None else cast(xp, x_norm, acc)
+    x, y, x_norm = (None if t is None else cast(xp, t, acc) for t in (x, y, x_norm))
     if update:
         r = batch_ratio(xp, x if x_norm is None else x_norm, y, config.epsilon, acc, stop_gradient)
         if replica_mean is not None:
@@ -178,6 +184,37 @@ def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig,
     return out, new_state, stats
 
 
+def selected_train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig, *,
+                        xp=None, replica_mean=None, stop_gradient=None):
+    """:func:`train_step` with the ``k_update`` schedule chosen on the device: both steps, then a select.
+
+    The update and the hold step are both computed and every result is taken from the one
+    :func:`is_update_step` picks for ``state.step_count``. For tracers that cannot branch on
+    a device value or keep the phase on the host: a host ``if`` would read the counter (a
+    sync; a graph break under ``torch.compile``), and a phase kept on the host is a Python
+    side effect that a recomputation (activation checkpointing) or a ``tf.distribute``
+    replica cannot replay. Gradients flow through the selected step only.
+
+    >>> import numpy as np
+    >>> import aion_core as core
+    >>> cfg = core.AionConfig(k_update=2)
+    >>> x, y = np.ones((2, 4)), np.full((2, 4), 2.0)
+    >>> a0, b = np.asarray(0.1), np.asarray(0.05)
+    >>> state = core.initial_state(np, dtype=np.float64)._replace(step_count=np.int32(1))
+    >>> _, new, stats = selected_train_step(x, y, None, a0, b, state, cfg)  # a hold step
+    >>> float(new.ratio_ema), int(new.step_count), float(stats["ratio"])
+    (1.0, 2, 1.0)
+    """
+    xp = xp or array_namespace(x, y)
+    update = is_update_step(state.step_count, config.k_update)
+    on, off = (train_step(x, y, x_norm, alpha0, beta, state, config, xp=xp, update=u,
+                          replica_mean=replica_mean, stop_gradient=stop_gradient) for u in (True, False))
+    out = xp.where(update, on[0], off[0])
+    new_state = AionState(*(xp.where(update, a, b) for a, b in zip(on[1], off[1])))
+    stats = {k: xp.where(update, on[2][k], off[2][k]) for k in on[2]}
+    return out, new_state, stats
+
+
 def eval_step(x, y, alpha0, beta, state: AionState, *, x_norm=None, xp=None,
               stop_gradient=None):
     """An eval-mode forward: ``alpha`` from the current parameters and the stored ratio.
@@ -190,5 +227,5 @@ def eval_step(x, y, alpha0, beta, state: AionState, *, x_norm=None, xp=None,
     ema = (stop_gradient or _identity)(state.ratio_ema)
     ratio = cast(xp, ema, _acc(xp, x, y, x_norm))
     alpha = alpha_from_ratio(xp, alpha0, beta, ratio)
-    out = _residual(xp, x, y, alpha, output_dtype(xp, x.dtype, y.dtype))
+    out = _residual(xp, x, y, alpha, output_dtype(xp, _dtype(x), y.dtype))
     return out, {"alpha": (stop_gradient or _identity)(alpha), "ratio": ratio, "ratio_ema": ema}

@@ -9,11 +9,12 @@ from aion_flax import linen
 from aion_flax.checkpoint import (linen_from_portable, load_npz, nnx_from_portable, save_npz,
                                   to_portable)
 from aion_flax.functional import aion_apply
-from aion_flax.nnx import AionBlock, AionResidual, AionStat
+from aion_flax.nnx import AionBlock, AionResidual, AionScale, AionStat
 
 __all__ = [
     "AionBlock",
     "AionResidual",
+    "AionScale",
     "AionStat",
     "aion_apply",
     "linen",

@@ -80,6 +80,10 @@ class AionResidual(_Validated, nn.Module):
                  deterministic: bool | None = None,
                  return_stats: bool = False) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """Combine ``x`` and ``y`` (see :class:`aion_flax.AionResidual` for arguments)."""
+        return self._combine(x, y, x_norm, deterministic, return_stats)
+
+    def _combine(self, x, y, x_norm, deterministic, return_stats):
+        # Called from a compact __call__ (this class's or AionScale's); x None: alpha * y.
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
         x, y, x_norm = cast_floating(self.dtype, x, y, x_norm)
         config = self.config
@@ -96,6 +100,31 @@ class AionResidual(_Validated, nn.Module):
             for variable, value in zip(variables, new_state):
                 variable.value = value
         return (out, stats) if return_stats else out
+
+
+class AionScale(AionResidual):
+    """AION's scale alone, ``alpha * y`` (Linen), for blocks that add the residual themselves.
+
+    Same attributes, parameters and ``aion_stats`` as :class:`AionResidual`; ``x_norm``
+    (the branch's normalised input) is required.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> y, x_norm = jnp.full((2, 4), 2.0), jnp.ones((2, 4))
+    >>> scale = AionScale()
+    >>> variables = scale.init(jax.random.key(0), y, x_norm, deterministic=False)
+    >>> out, updates = scale.apply(variables, y, x_norm, deterministic=False, mutable=["aion_stats"])
+    >>> round(float(out[0, 0]), 4), round(float(updates["aion_stats"]["ratio_ema"]), 4)
+    (0.1902, 1.03)
+    """
+
+    @nn.compact
+    def __call__(self, y: jax.Array, x_norm: jax.Array, *,  # type: ignore[override]
+                 deterministic: bool | None = None,
+                 return_stats: bool = False) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+        """``alpha * y`` (and the stats with ``return_stats``)."""
+        return self._combine(None, y, x_norm, deterministic, return_stats)
 
 
 class AionBlock(_Validated, nn.Module):

@@ -116,6 +116,28 @@ class AionResidual(nnx.Module):
             self.deterministic = deterministic
 
 
+class AionScale(AionResidual):
+    """AION's scale alone, ``alpha * y``, for blocks that add the residual themselves.
+
+    Same constructor, parameters and :class:`AionStat` state as :class:`AionResidual`;
+    ``x_norm`` (the branch's normalised input, the ratio's denominator) is required.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> scale = AionScale()
+    >>> out = scale(jnp.full((2, 4), 2.0), jnp.ones((2, 4)))
+    >>> round(float(out[0, 0]), 4), int(scale.step_count[...])
+    (0.1902, 1)
+    """
+
+    def __call__(self, y: jax.Array, x_norm: jax.Array, *,  # type: ignore[override]
+                 deterministic: bool | None = None,
+                 return_stats: bool = False) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+        """``alpha * y`` (and the stats with ``return_stats``)."""
+        return super().__call__(None, y, x_norm, deterministic=deterministic, return_stats=return_stats)
+
+
 class AionBlock(nnx.Module):
     """Pre-norm residual block: ``AionResidual(x, layer(LayerNorm(x)), x_norm=LayerNorm(x))``.
 
@@ -172,7 +194,7 @@ class AionBlock(nnx.Module):
 
 # nnx.Module's metaclass hides ``__init__``'s signature behind ``(*args, **kwargs)``;
 # show the real one to ``help()``, IDEs and ``inspect``.
-for _cls in (AionResidual, AionBlock):
+for _cls in (AionResidual, AionScale, AionBlock):
     _cls.__signature__ = inspect.signature(_cls.__init__).replace(
         parameters=list(inspect.signature(_cls.__init__).parameters.values())[1:],
         return_annotation=inspect.Signature.empty)

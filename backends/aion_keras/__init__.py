@@ -11,6 +11,6 @@ The same code runs on the TensorFlow, JAX and PyTorch backends.
 """
 
 from aion_core import __version__ as __version__
-from aion_keras.residual import AionBlock, AionResidual
+from aion_keras.residual import AionBlock, AionResidual, AionScale
 
-__all__ = ["AionBlock", "AionResidual"]
+__all__ = ["AionBlock", "AionResidual", "AionScale"]

@@ -14,11 +14,13 @@ from aion_keras.distribution import replica_mean_or_none
 
 _STATE_NAMES = tuple(aion_core.STATE_SPEC)
 if keras.backend.backend() == "torch":
-    # A copy Inductor saves for the backward: recomputed there, a plain copy would read the
-    # variable after the forward's in-place assign (wrong gradients under torch.compile).
-    from aion_pytorch.snapshot import snapshot as _copy_state
+    # Copies Inductor saves for the backward, and that a recomputation (keras.RematScope,
+    # torch.utils.checkpoint) reads again: recomputed from the variables, they would be read
+    # after the forward's in-place assign (wrong gradients, the state advanced twice).
+    from aion_pytorch.snapshot import snapshot_state as _copy_state
 else:
-    _copy_state = ops.copy
+    def _copy_state(y, *values):
+        return aion_core.AionState(*(ops.copy(v) for v in values))
 #: A tensor of the Keras backend in use (``tf.Tensor``, ``jax.Array`` or ``torch.Tensor``).
 Tensor = Any
 
@@ -123,7 +125,7 @@ class AionResidual(keras.layers.Layer):
         if training:
             # Copies: under PyTorch the assigns below write the variables in place, and the
             # backward may still need the values read here.
-            state = aion_core.AionState(*(_copy_state(getattr(self, n).value) for n in _STATE_NAMES))
+            state = _copy_state(y, *(getattr(self, n).value for n in _STATE_NAMES))
             out, new_state, stats = self._train_step(x, y, x_norm, alpha0, beta, state)
             # The core has validated the inputs before returning: a failed call assigns nothing.
             for name, value in zip(_STATE_NAMES, new_state):
@@ -155,16 +157,14 @@ class AionResidual(keras.layers.Layer):
                 return out, tuple(new_state), stats
             return run
 
-        update = aion_core.is_update_step(state.step_count, config.k_update)
         if replica_mean is None and keras.backend.backend() != "torch":
+            update = aion_core.is_update_step(state.step_count, config.k_update)
             out, new_state, stats = ops.cond(update, branch(True), branch(False))
-        else:
-            # Both branches run and the results are selected: tf.distribute cannot all-reduce
-            # inside a tf.cond branch, and Keras' cond on torch is a Python `if` on the tensor
-            # (a host sync every step, a graph break under torch.compile).
-            out, new_state, stats = keras.tree.map_structure(
-                lambda on, off: ops.where(update, on, off), branch(True)(), branch(False)())
-        return out, aion_core.AionState(*new_state), stats
+            return out, aion_core.AionState(*new_state), stats
+        # tf.distribute cannot all-reduce inside a tf.cond branch, and Keras' cond on torch is
+        # a Python `if` on the tensor (a host sync every step, a graph break under torch.compile).
+        return aion_core.step.selected_train_step(x, y, x_norm, alpha0, beta, state, config, xp=xp,
+                                                  replica_mean=replica_mean, stop_gradient=ops.stop_gradient)
 
     def compute_output_spec(self, x, y, x_norm=None, training=None, return_stats=False):
         # A functional model built from keras.Input checks here, not first in fit().
@@ -176,6 +176,36 @@ class AionResidual(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), **self.config.to_dict()}
+
+
+@keras.saving.register_keras_serializable(package="aion")
+class AionScale(AionResidual):
+    """AION's scale alone, ``alpha * y``, for blocks that add the residual themselves.
+
+    Same constructor, weights and training behaviour as :class:`AionResidual`; ``x_norm``
+    (the branch's normalised input, the ratio's denominator) is required.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> scale = AionScale()
+    >>> y, x_norm = np.full((2, 4), 2.0, "float32"), np.ones((2, 4), "float32")
+    >>> out = scale(y, x_norm, training=True)
+    >>> round(float(out[0, 0]), 4), int(scale.step_count.numpy())
+    (0.1902, 1)
+    """
+
+    def call(self, y: Tensor, x_norm: Tensor, training: bool | None = None,  # type: ignore[override]
+             return_stats: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """``alpha * y``; with ``return_stats`` also ``{"alpha", "ratio", "ratio_ema"}``."""
+        return super().call(None, y, x_norm, training=training, return_stats=return_stats)
+
+    def compute_output_spec(self, y, x_norm, training=None, return_stats=False):  # type: ignore[override]
+        aion_core.check_inputs(xp, None, y, x_norm)
+        out = keras.KerasTensor(y.shape, dtype=y.dtype)
+        if not return_stats:
+            return out
+        return out, {k: keras.KerasTensor((), dtype="float32") for k in ("alpha", "ratio", "ratio_ema")}
 
 
 @keras.saving.register_keras_serializable(package="aion")

@@ -25,14 +25,14 @@ def _stand_in(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op("aion_pytorch::raise_input_error", mutates_args=())
-def _raise_input_error(x: torch.Tensor, y: torch.Tensor, x_norm: torch.Tensor | None) -> torch.Tensor:
+def _raise_input_error(x: torch.Tensor | None, y: torch.Tensor, x_norm: torch.Tensor | None) -> torch.Tensor:
     aion_core.check_inputs(xp, x, y, x_norm)
     raise AssertionError("the traced check failed, but the inputs pass it")  # guards make this unreachable
 
 
 @_raise_input_error.register_fake
 def _(x, y, x_norm):
-    return _stand_in(x)
+    return _stand_in(y if x is None else x)
 
 
 def _no_gradient(ctx, grad):

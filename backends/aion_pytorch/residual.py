@@ -7,13 +7,27 @@ import torch
 from torch import nn
 
 import aion_core
-from aion_pytorch import checks, fused
+from aion_core import replay
+from aion_pytorch import checks, fused, recompute
 from aion_pytorch.distributed import replica_mean_or_none
-from aion_pytorch.snapshot import snapshot
+from aion_pytorch.snapshot import snapshot_state
 
 
 def _detach(t: torch.Tensor) -> torch.Tensor:
     return t.detach()
+
+
+def _functorch_transforms_active() -> bool:
+    # torch.func.grad / vmap / jvp: they trace standard ops; a Python autograd node would
+    # need setup_context and a vmap rule.
+    return bool(torch._C._functorch.get_interpreter_stack())
+
+
+_PER_EXAMPLE_STATE = (
+    "AION in training mode under torch.func.vmap over examples: each example would get its own batch "
+    "ratio and new running state, and the layer holds one. For per-example work (per-sample gradients) "
+    "call model.eval() first, as for BatchNorm; to train an ensemble, vmap over stacked buffers too "
+    "(torch.func.stack_module_state, functional_call with the batched buffers).")
 
 
 def _version(t: torch.Tensor) -> int | None:
@@ -86,6 +100,8 @@ class AionResidual(nn.Module):
         # The step_count buffer the phase belongs to and its version after the layer's own
         # last write: any other buffer or version means step_count was written from outside.
         self._phase_mark = (self.step_count, _version(self.step_count))
+        # Training forwards that activation checkpointing may recompute (aion_core.replay).
+        self._replays = replay.ReplayLog()
         self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
         self.register_load_state_dict_post_hook(AionResidual._resync_phase)
 
@@ -122,37 +138,66 @@ class AionResidual(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, x_norm: torch.Tensor | None = None,
                 return_stats: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``x + alpha * y``; with ``return_stats`` also ``{"alpha", "ratio", "ratio_ema"}`` tensors."""
+        return self._step(x, y, x_norm, return_stats)
+
+    def _step(self, x, y, x_norm, return_stats):
+        # x None: the scale-only form (AionScale).
         stand_in = checks.check_inputs(x, y, x_norm)
         if stand_in is not None:  # only while torch.compile traces bad input: it raises when run
             return (stand_in, {}) if return_stats else stand_in
-        # A copy: autograd may save the ratio (for beta's gradient), and this or a later
-        # training forward updates the buffer in place.
-        ema = snapshot(self.ratio_ema)
-        state = aion_core.AionState(ema, self.step_count, self.nonfinite_count)
-        if self.training:
-            k_update = self.config.k_update
-            if k_update > 1:
-                self._check_phase()
-            if torch.compiler.is_compiling():  # Inductor fuses train_step's ops itself
-                out, new, stats = aion_core.train_step(
-                    x, y, x_norm, self.alpha0, self.beta, state, self.config, xp=xp,
-                    update=self._phase == 0, replica_mean=replica_mean_or_none(), stop_gradient=_detach)
-            else:  # eager: one autograd node with the closed-form gradient
-                out, new, stats = fused.train_step(x, y, x_norm, self.alpha0, self.beta, state, self.config,
-                                                   update=self._phase == 0,
-                                                   replica_mean=replica_mean_or_none(autograd=False))
-            with torch.no_grad():
-                self.ratio_ema.copy_(new.ratio_ema)
-                self.step_count.copy_(new.step_count)
-                self.nonfinite_count.copy_(new.nonfinite_count)
-            if k_update > 1:
-                self._phase = (self._phase + 1) % k_update
-                if not torch.compiler.is_compiling():
-                    self._phase_mark = (self.step_count, _version(self.step_count))
-        else:
+        if not self.training:
+            # A copy: autograd may save the ratio, and a later training forward writes the buffer.
+            # (A standard op: an exported eval graph needs nothing of this package.)
+            state = aion_core.AionState(self.ratio_ema.clone(), self.step_count, self.nonfinite_count)
             out, stats = aion_core.eval_step(x, y, self.alpha0, self.beta, state, x_norm=x_norm,
                                              xp=xp, stop_gradient=_detach)
+            return (out, stats) if return_stats else out
+        compiling = torch.compiler.is_compiling()
+        tracing = not compiling and (torch.jit.is_tracing() or _functorch_transforms_active())
+        if tracing or compiling:
+            # Standard ops: Inductor fuses them itself, and the TorchScript-based ONNX exporter
+            # cannot record a Python autograd node. The schedule is chosen on the device and,
+            # compiled, the state read through snapshot_state: a recomputation replays both.
+            state = (aion_core.AionState(self.ratio_ema.clone(), self.step_count, self.nonfinite_count) if tracing
+                     else snapshot_state(y, self.ratio_ema, self.step_count, self.nonfinite_count))
+            step = aion_core.train_step if self.config.k_update == 1 else aion_core.step.selected_train_step
+            out, new, stats = step(x, y, x_norm, self.alpha0, self.beta, state, self.config, xp=xp,
+                                   replica_mean=replica_mean_or_none(), stop_gradient=_detach)
+            self._write_state(new)
+            return (out, stats) if return_stats else out
+        # A checkpoint's recomputation replays the state and step its first run read, and writes nothing.
+        record = self._replays.find(replay.fingerprint(xp, y.detach())) if recompute.in_recomputation() else None
+        if record is not None:
+            state, phase = record.state, record.phase
+        else:
+            if self.config.k_update > 1:
+                self._check_phase()
+            phase = self._phase
+            # A copy: autograd may save the ratio (for beta's gradient), and this or a later
+            # training forward updates the buffer in place.
+            state = aion_core.AionState(self.ratio_ema.clone(), self.step_count, self.nonfinite_count)
+        # One autograd node with the closed-form gradient.
+        out, new, stats = fused.train_step(x, y, x_norm, self.alpha0, self.beta, state, self.config,
+                                           update=phase == 0, replica_mean=replica_mean_or_none(autograd=False))
+        if record is None:
+            self._write_state(new)
+            if self.config.k_update > 1:
+                self._phase = (phase + 1) % self.config.k_update
+                self._phase_mark = (self.step_count, _version(self.step_count))
+            if recompute.may_be_recomputed():
+                self._replays.push(state, phase, replay.fingerprint(xp, y.detach()))
         return (out, stats) if return_stats else out
+
+    def _write_state(self, new: aion_core.AionState) -> None:
+        with torch.no_grad():
+            try:
+                self.ratio_ema.copy_(new.ratio_ema)
+            except RuntimeError as error:  # (the first write fails before any is done)
+                if _functorch_transforms_active() and str(error).startswith("vmap: inplace"):
+                    raise RuntimeError(_PER_EXAMPLE_STATE) from error
+                raise
+            self.step_count.copy_(new.step_count)
+            self.nonfinite_count.copy_(new.nonfinite_count)
 
     def _apply(self, fn, recurse=True):
         # .half(), .bfloat16(), .double() and .to(dtype) cast every floating tensor of a
@@ -208,6 +253,31 @@ class AionResidual(nn.Module):
         # The constructor's values (the current parameters are self.alpha0, self.beta):
         # reading a parameter here would be a host sync, and fails on meta tensors.
         return ", ".join(f"{k}={v}" for k, v in self.config.to_dict().items())
+
+
+class AionScale(AionResidual):
+    """AION's scale alone, ``alpha * y``, for blocks that add the residual themselves.
+
+    The same parameters, state, ``state_dict`` keys, train/eval and checkpointing behaviour
+    as :class:`AionResidual`; ``x_norm`` (the branch's normalised input, whose energy is the
+    ratio's denominator) is required. ``x + scale(y, x_norm)`` equals
+    ``AionResidual()(x, y, x_norm)`` up to the rounding of one addition. For model zoos whose
+    blocks write ``x + branch(norm(x))`` (Hugging Face GPT-2 and Llama, timm): wrap the
+    branch, see ``docs/ecosystem.md``.
+
+    Examples
+    --------
+    >>> scale = AionScale(alpha0=0.1, beta=0.05)
+    >>> x_norm = torch.nn.functional.layer_norm(torch.randn(4, 8), (8,))
+    >>> y = torch.randn(4, 8)
+    >>> scale(y, x_norm).shape, int(scale.step_count)
+    (torch.Size([4, 8]), 1)
+    """
+
+    def forward(self, y: torch.Tensor, x_norm: torch.Tensor,  # type: ignore[override]
+                return_stats: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``alpha * y``; with ``return_stats`` also ``{"alpha", "ratio", "ratio_ema"}`` tensors."""
+        return self._step(None, y, x_norm, return_stats)
 
 
 class AionBlock(nn.Module):

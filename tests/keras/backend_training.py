@@ -162,3 +162,34 @@ def test_torch_compile_fullgraph_matches_eager(k_update):
             np.testing.assert_allclose(g_compiled.numpy(), g_eager.numpy(), rtol=1e-5, atol=1e-6)
         assert state_of(compiled) == state_of(eager)
     assert state_of(compiled)["step_count"] == 3
+
+
+#: Keras' own full remat outside PyTorch, for its built-in layers too (measured with Keras 3.15):
+#: on JAX every layer whose call takes ``training`` (Dropout, BatchNormalization, AION) fails,
+#: ``jax.checkpoint`` making the flag a tracer; on TensorFlow every layer, ``tf.custom_gradient``
+#: refusing keyword arguments outside eager execution. Flax users remat with nnx.remat.
+REMAT_REFUSED = {"jax": "Keras' remat on JAX traces `training` (Dropout and BatchNormalization fail too)",
+                 "tensorflow": "Keras' remat on TensorFlow refuses keyword arguments (Dense fails too)"}
+
+
+@pytest.mark.skipif(keras.backend.backend() in REMAT_REFUSED,
+                    reason=REMAT_REFUSED.get(keras.backend.backend(), ""))
+@pytest.mark.parametrize("k_update", [1, 2])
+def test_full_remat_trains_as_without(k_update):
+    """keras.RematScope(mode="full") on torch (torch.utils.checkpoint, non-reentrant): the
+    recomputation replays the state its forward read; every weight and state equal the plain
+    model's after two epochs."""
+    weights = []
+    for remat in (False, True):
+        keras.utils.set_random_seed(0)
+        with keras.RematScope(mode="full" if remat else None):
+            model = keras.Sequential([keras.Input((DIM,)),
+                                      *(AionBlock(keras.layers.Dense(DIM, activation="tanh"), DIM, beta=0.3,
+                                                  k_update=k_update) for _ in range(2)),
+                                      keras.layers.Dense(DIM)])
+        model.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=False)
+        fit(model, 2, False)
+        weights.append([ops.convert_to_numpy(w) for w in model.weights])
+        assert all(state_of(layer)["step_count"] == 2 * STEPS_PER_EPOCH for layer in aion_layers(model))
+    for plain, remat in zip(*weights, strict=True):
+        np.testing.assert_array_equal(remat, plain)
