@@ -10,7 +10,7 @@ import aion_core as core
 COMMON = ["alpha0", "beta", "ema_gamma", "epsilon", "k_update", "sync_ratio"]
 DEFAULTS = core.AionConfig().to_dict()
 #: Keyword arguments of a framework's own convention, after the common ones.
-OWN = {"torch": set(), "keras": {"kwargs"},
+OWN = {"torch": {"process_group"}, "keras": {"kwargs"},
        "flax-nnx": {"axis_name", "deterministic", "dtype", "param_dtype", "rngs"},
        "flax-linen": {"axis_name", "deterministic", "dtype", "param_dtype", "parent", "name"}}
 
@@ -47,7 +47,7 @@ def _branch(adapter):
 
 
 @pytest.mark.parametrize("adapter", list(OWN))
-@pytest.mark.parametrize("cls, leading", [("AionResidual", []), ("AionBlock", ["layer", "dim"])])
+@pytest.mark.parametrize("cls, leading", [("AionResidual", []), ("AionScale", []), ("AionBlock", ["layer", "dim"])])
 def test_constructor_arguments_are_the_same(adapter, cls, leading):
     params = list(inspect.signature(getattr(_adapter(adapter), cls)).parameters.values())
     names = [p.name for p in params]
@@ -93,7 +93,7 @@ def test_linen_block_checks_its_config_and_dim_when_built():
                                              ("flax-nnx", "__call__"), ("flax-linen", "__call__")])
 def test_call_signatures_are_annotated(adapter, method):
     m = _adapter(adapter)
-    for cls in (m.AionResidual, m.AionBlock):
+    for cls in (m.AionResidual, m.AionScale, m.AionBlock):
         sig = inspect.signature(getattr(cls, method))
         assert sig.return_annotation is not inspect.Signature.empty, (cls, method)
         assert all(p.annotation is not p.empty for p in sig.parameters.values()

@@ -9,9 +9,10 @@
 """
 
 from aion_core import __version__ as __version__
-from aion_pytorch.distributed import fsdp_ignored_params
+from aion_pytorch.distributed import fsdp_ignored_params, set_process_group
 from aion_pytorch.functional import compute_alpha, energy
 from aion_pytorch.residual import AionBlock, AionResidual, AionScale
 from aion_pytorch.zoo import AionScaledBranch, scale_branches
 
-__all__ = ["AionBlock", "AionResidual", "AionScale", "AionScaledBranch", "scale_branches", "compute_alpha", "energy", "fsdp_ignored_params"]
+__all__ = ["AionBlock", "AionResidual", "AionScale", "AionScaledBranch", "scale_branches", "compute_alpha", "energy", "fsdp_ignored_params",
+           "set_process_group"]

@@ -32,8 +32,8 @@ def _differentiable_all_reduce():
 _FUNCTIONAL_ALL_REDUCE = _differentiable_all_reduce()
 
 
-def replica_mean_or_none(autograd: bool = True):
-    """The mean over ranks of the default group, or None when not running distributed.
+def replica_mean_or_none(autograd: bool = True, group=None):
+    """The mean over the ranks of ``group`` (None: the default group), or None when there is nothing to average.
 
     ``autograd=True`` (for ``aion_core.train_step`` under ``torch.compile``): the all-reduce
     is autograd-aware, its backward all-reduces the gradient, so each rank's ratio receives
@@ -46,29 +46,40 @@ def replica_mean_or_none(autograd: bool = True):
     autograd function) and 0.56-0.74 ms through the functional collective's Python wrapper
     (``AsyncCollectiveTensor``), so eager training does not pay for an autograd it does not use.
 
-    A sum divided by the world size: gloo has no AVG, and the functional all-reduce's backward
-    takes "sum" only. An ``AionConfig`` with ``sync_ratio=False`` never calls it
+    A ratio that is a ``DTensor`` (inputs sharded by tensor or sequence parallelism) is
+    already the ratio of the whole tensor over its mesh: it is gathered to a plain tensor
+    (``full_tensor``) first and then averaged over ``group``, the data-parallel replicas.
+
+    A sum divided by the group's size: gloo has no AVG, and the functional all-reduce's
+    backward takes "sum" only. An ``AionConfig`` with ``sync_ratio=False`` never calls it
     (:func:`aion_core.step.replica_mean_for`).
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not (dist.is_available() and dist.is_initialized()):
         return None
-    world = dist.get_world_size()
-
+    group = group if group is not None else dist.group.WORLD
+    size = dist.get_world_size(group)
+    if size == 1:
+        return None
     if not autograd:
         def replica_mean(r: torch.Tensor) -> torch.Tensor:
-            total = r.clone()
-            dist.all_reduce(total, op=dist.ReduceOp.SUM)
-            return total / world
+            total = _local(r).clone()
+            dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+            return total / size
     elif _FUNCTIONAL_ALL_REDUCE is not None:
         def replica_mean(r: torch.Tensor) -> torch.Tensor:
-            return _FUNCTIONAL_ALL_REDUCE(r, "sum", dist.group.WORLD) / world
+            return _FUNCTIONAL_ALL_REDUCE(_local(r), "sum", group) / size
     else:  # pragma: no cover - torch versions whose functional all-reduce has no gradient
         def replica_mean(r: torch.Tensor) -> torch.Tensor:
             from torch.distributed.nn.functional import all_reduce
 
-            return all_reduce(r, op=dist.ReduceOp.SUM) / world
+            return all_reduce(_local(r), op=dist.ReduceOp.SUM, group=group) / size
 
     return replica_mean
+
+
+def _local(r: torch.Tensor) -> torch.Tensor:
+    # A DTensor ratio (sharded inputs) as the plain tensor of its whole value; a plain one as it is.
+    return r.full_tensor() if hasattr(r, "full_tensor") else r
 
 
 def fsdp_ignored_params(model: torch.nn.Module) -> set[torch.nn.Parameter]:
@@ -89,6 +100,21 @@ def fsdp_ignored_params(model: torch.nn.Module) -> set[torch.nn.Parameter]:
             p.register_post_accumulate_grad_hook(_average_grad_over_ranks)
             p._aion_grad_averaged = True
     return params
+
+
+def set_process_group(model: torch.nn.Module, group: dist.ProcessGroup | None) -> int:
+    """Set ``process_group`` on every AION layer of ``model``: the ranks ``sync_ratio`` averages over.
+
+    For layouts where ranks hold different layers (pipeline stages: each stage passes its
+    data-parallel group, ``mesh["dp"].get_group()``) and for models built before the mesh
+    exists (model zoos). None restores the default group. Returns the number of layers set.
+    """
+    from aion_pytorch.residual import AionResidual
+
+    layers = [m for m in model.modules() if isinstance(m, AionResidual)]
+    for layer in layers:
+        layer.process_group = group
+    return len(layers)
 
 
 def _average_grad_over_ranks(param: torch.Tensor) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array_api_compat.torch as xp
 import torch
+import torch.distributed as dist
 from torch import nn
 
 import aion_core
@@ -21,6 +22,23 @@ def _functorch_transforms_active() -> bool:
     # torch.func.grad / vmap / jvp: they trace standard ops; a Python autograd node would
     # need setup_context and a vmap rule.
     return bool(torch._C._functorch.get_interpreter_stack())
+
+
+class _Shared:
+    """A process group held by reference: deep copies of a layer share it (a group cannot be
+    copied, and a copy, e.g. an EMA model, runs in the same group); pickling drops it (a group
+    exists in its process only)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        return _Shared, (None,)
 
 
 _PER_EXAMPLE_STATE = (
@@ -52,10 +70,18 @@ class AionResidual(nn.Module):
         alpha comes from the stored ratio and the current ``alpha0``, ``beta``.
     sync_ratio : bool
         Under ``torch.distributed`` (DDP, FSDP): True (default) averages the batch ratio
-        over the ranks (an all-reduce in the forward, one of its gradient in the backward),
-        so training equals one process holding the whole batch; False keeps each rank's own
-        batch ratio and issues no collective, as ``BatchNorm`` against ``SyncBatchNorm``
-        (spec section 7).
+        over the ranks of ``process_group`` (an all-reduce in the forward, one of its
+        gradient in the backward), so training equals one process holding the whole batch;
+        False keeps each rank's own batch ratio and issues no collective, as ``BatchNorm``
+        against ``SyncBatchNorm`` (spec section 7).
+    process_group : torch.distributed.ProcessGroup, optional
+        The data-parallel replicas of this layer, as ``SyncBatchNorm``'s: None (default) is
+        the default group, right when every rank holds this layer and a share of the batch
+        (DDP, FSDP, HSDP; tensor and sequence parallel ranks too, whose inputs are
+        ``DTensor``\ s: their ratio is already the whole tensor's). Pipeline stages and
+        other meshes where ranks hold different layers pass the layer's data-parallel group,
+        e.g. ``mesh["dp"].get_group()``; :func:`~aion_pytorch.set_process_group` sets it on a
+        whole model. A runtime setting: not in ``config``, ``state_dict`` or ``repr``.
 
     Notes
     -----
@@ -87,9 +113,11 @@ class AionResidual(nn.Module):
     """
 
     def __init__(self, alpha0: float = 0.1, beta: float = 0.05, ema_gamma: float = 0.99,
-                 epsilon: float = 1e-8, k_update: int = 1, sync_ratio: bool = True):
+                 epsilon: float = 1e-8, k_update: int = 1, sync_ratio: bool = True,
+                 process_group: dist.ProcessGroup | None = None):
         super().__init__()
         self.config = aion_core.AionConfig(alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio)
+        self._group = _Shared(process_group)
         self.alpha0 = nn.Parameter(torch.tensor(self.config.alpha0, dtype=torch.float32))
         self.beta = nn.Parameter(torch.tensor(self.config.beta, dtype=torch.float32))
         for name, (dtype, _, value) in aion_core.STATE_SPEC.items():
@@ -104,6 +132,15 @@ class AionResidual(nn.Module):
         self._replays = replay.ReplayLog()
         self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
         self.register_load_state_dict_post_hook(AionResidual._resync_phase)
+
+    @property
+    def process_group(self) -> dist.ProcessGroup | None:
+        """The ranks whose batch ratios ``sync_ratio`` averages (None: the default group); settable."""
+        return self._group.value
+
+    @process_group.setter
+    def process_group(self, group: dist.ProcessGroup | None) -> None:
+        self._group = _Shared(group)
 
     @property
     def ema_gamma(self) -> float:
@@ -162,7 +199,7 @@ class AionResidual(nn.Module):
                      else snapshot_state(y, self.ratio_ema, self.step_count, self.nonfinite_count))
             step = aion_core.train_step if self.config.k_update == 1 else aion_core.step.selected_train_step
             out, new, stats = step(x, y, x_norm, self.alpha0, self.beta, state, self.config, xp=xp,
-                                   replica_mean=replica_mean_or_none(), stop_gradient=_detach)
+                                   replica_mean=replica_mean_or_none(group=self._group.value), stop_gradient=_detach)
             self._write_state(new)
             return (out, stats) if return_stats else out
         # A checkpoint's recomputation replays the state and step its first run read, and writes nothing.
@@ -178,7 +215,8 @@ class AionResidual(nn.Module):
             state = aion_core.AionState(self.ratio_ema.clone(), self.step_count, self.nonfinite_count)
         # One autograd node with the closed-form gradient.
         out, new, stats = fused.train_step(x, y, x_norm, self.alpha0, self.beta, state, self.config,
-                                           update=phase == 0, replica_mean=replica_mean_or_none(autograd=False))
+                                           update=phase == 0,
+                                           replica_mean=replica_mean_or_none(False, self._group.value))
         if record is None:
             self._write_state(new)
             if self.config.k_update > 1:
@@ -289,12 +327,12 @@ class AionBlock(nn.Module):
 
     def __init__(self, layer: nn.Module, dim: int, alpha0: float = 0.1, beta: float = 0.05,
                  ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1,
-                 sync_ratio: bool = True):
+                 sync_ratio: bool = True, process_group: dist.ProcessGroup | None = None):
         super().__init__()
         self.dim = aion_core.config.check_dim(dim)
         self.norm = nn.LayerNorm(dim)
         self.layer = layer
-        self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio)
+        self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio, process_group)
 
     @property
     def config(self) -> aion_core.AionConfig:
