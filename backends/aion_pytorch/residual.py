@@ -77,8 +77,8 @@ class AionResidual(nn.Module):
     process_group : torch.distributed.ProcessGroup, optional
         The data-parallel replicas of this layer, as ``SyncBatchNorm``'s: None (default) is
         the default group, right when every rank holds this layer and a share of the batch
-        (DDP, FSDP, HSDP; tensor and sequence parallel ranks too, whose inputs are
-        ``DTensor``\ s: their ratio is already the whole tensor's). Pipeline stages and
+        (DDP, FSDP, HSDP; tensor and sequence parallel ranks too, whose ``DTensor`` inputs
+        give the ratio of the whole tensor). Pipeline stages and
         other meshes where ranks hold different layers pass the layer's data-parallel group,
         e.g. ``mesh["dp"].get_group()``; :func:`~aion_pytorch.set_process_group` sets it on a
         whole model. A runtime setting: not in ``config``, ``state_dict`` or ``repr``.
@@ -92,15 +92,16 @@ class AionResidual(nn.Module):
     before torch 2.13; on by default) then still copies rank 0's buffers to every rank
     before each forward.
 
-    With ``k_update > 1`` the layer keeps the schedule's phase (``step_count % k_update``) on
-    the host, so choosing the step needs no sync. A ``step_count`` written from outside (an
+    With ``k_update > 1`` an eager layer keeps the schedule's phase (``step_count % k_update``)
+    on the host, so choosing the step needs no sync. A ``step_count`` written from outside (an
     in-place op such as ``fill_`` or ``copy_``, a new buffer, ``load_state_dict``, a move to
     another device) is noticed from the buffer's version counter and read once, on the next
-    training forward. Not noticed: writes that bypass the version counter (through
-    ``.data`` or a numpy view), and writes to a module running under ``torch.compile``,
-    whose compiled code does not check (the counter is not a graph value): after writing
-    ``step_count`` of a compiled module, load it with ``load_state_dict`` (which reads the
-    phase at once, outside the graph) or run one training forward of the uncompiled module.
+    training forward. Not noticed: writes that bypass the version counter (through ``.data``
+    or a numpy view). Compiled, the step is chosen on the device from ``step_count``.
+
+    Activation checkpointing: a training forward that runs during a backward pass (a
+    recomputation) replays the state and step its first run read and writes nothing
+    (spec section 6a, :mod:`aion_core.replay`).
     ``alpha_cached`` (read-only) is the eval alpha, as aion-torch 1.0.2 users log it.
 
     Examples

@@ -40,14 +40,14 @@ def _snapshot_state(ratio_ema: torch.Tensor, step_count: torch.Tensor, nonfinite
                     y: torch.Tensor):
     log = _LOGS.get(ratio_ema)
     if in_recomputation():
-        record = None if log is None else log.find(fingerprint(xp, y.detach()))
+        record = None if log is None else log.find(fingerprint(xp, y))
         if record is not None:
             return tuple(t.clone() for t in record.state)
         return ratio_ema.clone(), step_count.clone(), nonfinite_count.clone()
     state = AionState(ratio_ema.clone(), step_count.clone(), nonfinite_count.clone())
     if log is None:
         log = _LOGS[ratio_ema] = ReplayLog()
-    log.push(state, 0, fingerprint(xp, y.detach()))
+    log.push(state, 0, fingerprint(xp, y))
     return tuple(state)
 
 
@@ -71,4 +71,4 @@ def snapshot_state(y: torch.Tensor, ratio_ema: torch.Tensor, step_count: torch.T
     during a backward pass (a recomputation) the copies the forward with this ``y`` took.
     """
     op = _snapshot_state_op if torch.compiler.is_compiling() else _snapshot_state
-    return AionState(*op(ratio_ema, step_count, nonfinite_count, y))
+    return AionState(*op(ratio_ema, step_count, nonfinite_count, y.detach()))  # (no gradient reaches the op)

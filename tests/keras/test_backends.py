@@ -15,7 +15,7 @@ from aion_conformance import registry
 HERE = Path(__file__).parent
 
 #: Modules run on every backend, together in one process per backend.
-COMMON = ["backend_layer.py", "backend_training.py"]
+COMMON = ["backend_layer.py", "backend_training.py", "backend_zoo.py", "backend_export.py"]
 
 
 def run_backend_modules(backend: str, modules: list[str], **env: str):

@@ -112,7 +112,7 @@ def _pipeline_worker(rank, port, path, use_dp_group):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("use_dp_group", [True, False])
+@pytest.mark.parametrize("use_dp_group", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_pipeline_stages_average_over_their_own_data_parallel_group(tmp_path, use_dp_group):
     path = str(tmp_path / "pp")
     mp.spawn(_pipeline_worker, args=(_port(), path, use_dp_group), nprocs=4, join=True)
