@@ -130,3 +130,40 @@ def test_pipeline_stages_average_over_their_own_data_parallel_group(tmp_path, us
                 torch.testing.assert_close(rank[0][name], grad, rtol=1e-5, atol=1e-6, msg=name)
             for name, value in want_state.items():
                 torch.testing.assert_close(rank[1][name], value, rtol=1e-6, atol=0, msg=name)
+
+
+def _hsdp_worker(rank, port, path):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=4)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        from aion_pytorch import fsdp_ignored_params
+
+        # HSDP: replicated over one mesh dimension, sharded over the other; all 4 ranks hold a batch share.
+        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+        model = torch.nn.Sequential(_stage_model(0), _stage_model(1))
+        scalars = fsdp_ignored_params(model)
+        for block in model:
+            fully_shard(block, mesh=mesh, ignored_params=scalars)
+        fully_shard(model, mesh=mesh, ignored_params=scalars)
+        x = _stage_batch(0)[rank:rank + 1]
+        _train(model, x)
+        state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v.clone()
+                 for k, v in model.state_dict().items()}
+        torch.save(state, f"{path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_hsdp_on_a_2d_mesh_equals_one_process(tmp_path):
+    """The default process group is right for HSDP: every rank holds the layers and a share."""
+    path = str(tmp_path / "hsdp")
+    mp.spawn(_hsdp_worker, args=(_port(), path), nprocs=4, join=True)
+    model = torch.nn.Sequential(_stage_model(0), _stage_model(1))
+    _train(model, _stage_batch(0))
+    want = model.state_dict()
+    for rank in range(4):
+        got = torch.load(f"{path}.{rank}")
+        for name, value in want.items():
+            torch.testing.assert_close(got[name], value, rtol=2e-6, atol=2e-6, msg=name)

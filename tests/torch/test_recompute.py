@@ -84,9 +84,23 @@ def nested(use_reentrant: bool):
     return lambda model, x: checkpoint(each_checkpointed(use_reentrant), model, x, use_reentrant=use_reentrant)
 
 
+def wrapped(use_reentrant: bool):
+    """torch's checkpoint_wrapper, as FSDP recipes apply it to each block."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+
+    impl = CheckpointImpl.REENTRANT if use_reentrant else CheckpointImpl.NO_REENTRANT
+
+    def forward(model, x):
+        for block in model:
+            x = checkpoint_wrapper(block, checkpoint_impl=impl)(x)
+        return x
+    return forward
+
+
 WAYS = {f"{name}-{'reentrant' if r else 'non-reentrant'}": make(r)
         for name, make in [("checkpoint", each_checkpointed), ("checkpoint_sequential", sequential),
-                           ("whole-stack", whole_stack), ("nested", nested)] for r in (False, True)}
+                           ("whole-stack", whole_stack), ("nested", nested), ("checkpoint_wrapper", wrapped)]
+        for r in (False, True)}
 
 
 @pytest.mark.parametrize("k_update", [1, 2])
