@@ -4,7 +4,9 @@ Each :class:`~aion_conformance.drivers.protocol.Execution` of the torch driver i
 (CPU; CUDA when present) and one of: eager; ``torch.compile(fullgraph=True)``;
 ``torch.autocast`` bfloat16 (eager and compiled); ``torch.autocast`` float16 with a
 ``GradScaler`` (gradients scaled, then unscaled by the scaler); a module cast with
-``.half()`` or ``.bfloat16()``, whose AION parameters and state must stay float32/int32.
+``.half()`` or ``.bfloat16()``, whose AION parameters and state must stay float32/int32;
+activation checkpointing (``torch.utils.checkpoint``, both modes), whose recomputation in the
+backward must reproduce the first run and leave the state advanced once (spec section 6a).
 
 The device is chosen by ``AION_CONFORMANCE_DEVICE`` (``auto``, the default: CPU, and CUDA
 too when torch sees one; ``cpu``; ``cuda``), which ``--device`` of the CLI sets.
@@ -21,15 +23,18 @@ import aion_core
 from aion_conformance.drivers.protocol import Execution
 from aion_conformance.registry import DEVICE_ENV
 
-#: name -> (case dtypes, compiled, autocast dtype, GradScaler, module cast, call errors too)
+_ALL = ("float64", "float32", "float16", "bfloat16")
+#: name -> (case dtypes, compiled, autocast dtype, GradScaler, module cast, checkpoint mode, call errors too)
 _KINDS = {
-    "eager": (("float64", "float32", "float16", "bfloat16"), False, None, False, None, True),
-    "compile fullgraph": (("float64", "float32", "float16", "bfloat16"), True, None, False, None, True),
-    "autocast bfloat16": (("float32", "bfloat16"), False, torch.bfloat16, False, None, False),
-    "compile + autocast bfloat16": (("float32", "bfloat16"), True, torch.bfloat16, False, None, False),
-    "autocast float16 + GradScaler": (("float32", "float16"), False, torch.float16, True, None, False),
-    "module.half()": (("float16",), False, None, False, torch.float16, False),
-    "module.bfloat16()": (("bfloat16",), False, None, False, torch.bfloat16, False),
+    "eager": (_ALL, False, None, False, None, None, True),
+    "compile fullgraph": (_ALL, True, None, False, None, None, True),
+    "autocast bfloat16": (("float32", "bfloat16"), False, torch.bfloat16, False, None, None, False),
+    "compile + autocast bfloat16": (("float32", "bfloat16"), True, torch.bfloat16, False, None, None, False),
+    "autocast float16 + GradScaler": (("float32", "float16"), False, torch.float16, True, None, None, False),
+    "module.half()": (("float16",), False, None, False, torch.float16, None, False),
+    "module.bfloat16()": (("bfloat16",), False, None, False, torch.bfloat16, None, False),
+    "checkpoint": (_ALL, False, None, False, None, "non-reentrant", False),
+    "checkpoint reentrant": (_ALL, False, None, False, None, "reentrant", False),
 }
 
 
@@ -71,7 +76,7 @@ class Layer:
 
     def __init__(self, module: torch.nn.Module, execution: Execution):
         kind = execution.name.removeprefix("cuda ")
-        _, self.compiled, self._autocast, scaled, cast, _ = _KINDS[kind]
+        _, self.compiled, self._autocast, scaled, cast, self._checkpoint, _ = _KINDS[kind]
         self.device = "cuda" if execution.name.startswith("cuda ") else "cpu"
         self.module = module.to(self.device)
         if cast is not None:
@@ -86,7 +91,12 @@ class Layer:
         context = (torch.autocast(self.device, dtype=self._autocast) if self._autocast is not None
                    else contextlib.nullcontext())
         with context:
-            return self._call(x, y, x_norm=x_norm, return_stats=True)
+            if self._checkpoint is None:
+                return self._call(x, y, x_norm=x_norm, return_stats=True)
+            # Recomputed in the backward: (reentrant checkpointing takes positional tensors only)
+            return torch.utils.checkpoint.checkpoint(
+                lambda x, y, x_norm: self._call(x, y, x_norm=x_norm, return_stats=True), x, y, x_norm,
+                use_reentrant=self._checkpoint == "reentrant")
 
     def value_and_grad(self, loss_fn, inputs):
         """``loss_fn(*inputs) -> (loss, aux)``: aux and the gradients (scaled and unscaled by a GradScaler here)."""
