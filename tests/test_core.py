@@ -363,3 +363,49 @@ def test_sync_ratio_false_never_calls_the_replica_mean(path):
     synced = run(True, hook)
     assert len(calls) == (1 if path == "train_step" else 2)  # forward (and the fused backward)
     assert not torch.equal(synced[2], local[2])
+
+
+def _y(value):
+    return np.full((2, 16), value, np.float32)
+
+
+def _record_ratio(log, value):
+    from aion_core.replay import fingerprint
+
+    record = log.find(fingerprint(np, _y(value)))
+    return None if record is None else float(record.state.ratio_ema)
+
+
+def test_replay_log_finds_each_forward_by_its_branch_output_in_any_order_and_repeatedly():
+    from aion_core.replay import ReplayLog, fingerprint
+
+    log = ReplayLog()
+    assert log.find(fingerprint(np, _y(1.0))) is None
+    for value in (1.0, 2.0, 3.0):  # three forwards await their backward: micro-batches
+        log.push(core.initial_state(np)._replace(ratio_ema=np.float32(value)), 0, fingerprint(np, _y(value)))
+    assert [_record_ratio(log, v) for v in (3.0, 1.0, 2.0, 2.0)] == [3.0, 1.0, 2.0, 2.0]  # nested: twice
+    log.push(core.initial_state(np), 0, fingerprint(np, _y(4.0)))  # the next step drops the replayed three
+    assert len(log) == 1
+
+
+def test_replay_log_drops_records_older_than_a_replayed_one():
+    """A forward under no-grad nobody recomputes is dropped once a later one was replayed;
+    the documented pattern this rule gets wrong (forward 1, forward 2, backward 2,
+    forward 3, backward 1) loses forward 1's record."""
+    from aion_core.replay import ReplayLog, fingerprint
+
+    log = ReplayLog()
+    for value in (1.0, 2.0):
+        log.push(core.initial_state(np)._replace(ratio_ema=np.float32(value)), 0, fingerprint(np, _y(value)))
+    assert _record_ratio(log, 2.0) == 2.0
+    log.push(core.initial_state(np)._replace(ratio_ema=np.float32(3.0)), 0, fingerprint(np, _y(3.0)))
+    assert len(log) == 1 and _record_ratio(log, 1.0) == 3.0  # forward 1's record is gone
+
+
+def test_replay_log_keeps_at_most_capacity_records():
+    from aion_core.replay import ReplayLog, fingerprint
+
+    log = ReplayLog(capacity=4)
+    for value in range(10):
+        log.push(core.initial_state(np), 0, fingerprint(np, _y(float(value))))
+    assert len(log) == 4
