@@ -253,3 +253,19 @@ def test_hugging_face_gpt2_gradient_checkpointing_equals_the_plain_model():
     assert_same_training(run(copy.deepcopy(model), gradient_checkpointing_kwargs=None), want)
     assert_same_training(run(copy.deepcopy(model), gradient_checkpointing_kwargs={"use_reentrant": False}), want)
 
+
+
+def test_a_second_backward_through_a_retained_graph_replays_again():
+    """Non-reentrant checkpointing recomputes once per backward pass: twice here."""
+    model = blocks(2)
+    twin = copy.deepcopy(model)
+    x = torch.randn(4, 8, DIM)
+    loss = (each_checkpointed(False)(model, x) ** 2).mean()
+    want = (plain(twin, x) ** 2).mean()
+    for _ in range(2):
+        loss.backward(retain_graph=True)
+        want.backward(retain_graph=True)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad)
+    for a, b in zip(model.buffers(), twin.buffers(), strict=True):
+        assert torch.equal(a, b)
