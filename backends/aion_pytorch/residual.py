@@ -193,8 +193,8 @@ class AionResidual(nn.Module):
         compiling = torch.compiler.is_compiling()
         tracing = not compiling and (torch.jit.is_tracing() or _functorch_transforms_active())
         if tracing or compiling:
-            # Standard ops: Inductor fuses them itself, and the TorchScript-based ONNX exporter
-            # cannot record a Python autograd node. The schedule is chosen on the device and,
+            # Standard ops: Inductor fuses them itself, and neither the TorchScript-based ONNX
+            # exporter nor torch.func can take a Python autograd node. The schedule is chosen on the device and,
             # compiled, the state read through snapshot_state: a recomputation replays both.
             state = (aion_core.AionState(self.ratio_ema.clone(), self.step_count, self.nonfinite_count) if tracing
                      else snapshot_state(y, self.ratio_ema, self.step_count, self.nonfinite_count))
