@@ -221,17 +221,28 @@ def test_checkpointing_a_compiled_block_equals_the_compiled_block(use_reentrant,
     assert_same_training(train(model, forward), want, exact=False)
 
 
-def test_hugging_face_gpt2_gradient_checkpointing_equals_the_plain_model():
-    """AION on both residuals of every GPT-2 block (AionScaledBranch), trained with and
-    without ``gradient_checkpointing_enable()`` (Hugging Face's default: reentrant)."""
+def _hugging_face_model(family: str):
     transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if family == "gpt2":
+        config = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        return transformers.GPT2LMHeadModel(config), ("attn", "mlp")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2)
+    return transformers.LlamaForCausalLM(config), ("self_attn", "mlp")
+
+
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_hugging_face_gradient_checkpointing_equals_the_plain_model(family):
+    """AION on both residuals of every block (AionScaledBranch; Llama passes the branch input
+    by keyword), trained with and without ``gradient_checkpointing_enable()`` (Hugging Face's
+    default: reentrant) from the same weights."""
     from aion_pytorch import scale_branches
 
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2,
-                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = transformers.GPT2LMHeadModel(config)
-    assert len(scale_branches(model, ("attn", "mlp"))) == 4
+    model, branches = _hugging_face_model(family)
+    assert len(scale_branches(model, branches)) == 4
 
     def run(model, **checkpointing):
         if checkpointing:
@@ -252,7 +263,6 @@ def test_hugging_face_gpt2_gradient_checkpointing_equals_the_plain_model():
     assert [int(v) for k, v in want[1].items() if k.endswith("step_count")] == [3] * 4
     assert_same_training(run(copy.deepcopy(model), gradient_checkpointing_kwargs=None), want)
     assert_same_training(run(copy.deepcopy(model), gradient_checkpointing_kwargs={"use_reentrant": False}), want)
-
 
 
 def test_a_second_backward_through_a_retained_graph_replays_again():
