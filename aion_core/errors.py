@@ -11,8 +11,8 @@ def check_inputs(xp, x, y, x_norm=None) -> None:
     """Raise if ``x``, ``y`` (and ``x_norm``) cannot be combined by AION.
 
     ``x`` None is the scale-only form (``alpha * y``): then ``x_norm`` is required and
-    shapes are compared with ``y``'s. Messages keep aion-torch 1.0.2's wording ("Input shapes must match", "cannot be
-    empty") and name the argument.
+    shapes are compared with ``y``'s. Messages keep aion-torch 1.0.2's wording ("Input
+    shapes must match", "cannot be empty") and name the argument.
 
     Raises
     ------
@@ -48,7 +48,7 @@ def input_error(xp, x, y, x_norm=None) -> TypeError | ValueError | None:
     """
     if x is None and x_norm is None:
         return TypeError("x_norm is required without x (the scale-only form alpha * y)")
-    named = ([("x", x)] if x is not None else []) + [("y", y)] + ([("x_norm", x_norm)] if x_norm is not None else [])
+    named = [(name, t) for name, t in (("x", x), ("y", y), ("x_norm", x_norm)) if t is not None]
     for name, t in named:
         if not xp.isdtype(t.dtype, "real floating"):
             return TypeError(f"{name} must have a floating dtype, got {t.dtype}")

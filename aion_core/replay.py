@@ -10,10 +10,11 @@ recomputation reproduces the first run exactly and leaves the state alone.
 An adapter whose framework recomputes eagerly keeps one :class:`ReplayLog` per layer: each
 training forward that may be recomputed :meth:`~ReplayLog.push`-es the state it read; a
 recomputation :meth:`~ReplayLog.find`-s it instead of reading the layer's state, and writes
-nothing (or, where it must write, the values already written). Several forwards of one layer may await their recomputation at once (the
-layer used twice, micro-batches before one backward, pipeline schedules), and backward
-passes recompute them in an order the layer cannot see: a recomputation takes the record
-whose branch output ``y`` it reproduces (:func:`fingerprint`), so the order does not matter.
+nothing (or, where it must write, the values already written). Several forwards of one layer
+may await their recomputation at once (the layer used twice, micro-batches before one
+backward, pipeline schedules), and backward passes recompute them in an order the layer
+cannot see: a recomputation takes the record whose branch output ``y`` it reproduces
+(:func:`fingerprint`), so the order does not matter.
 
 Examples
 --------
@@ -32,6 +33,7 @@ Examples
 from __future__ import annotations
 
 from collections import deque
+
 from aion_core.math import accumulation_dtype, cast
 from aion_core.state import AionState
 
@@ -105,6 +107,3 @@ class ReplayLog:
             record = self._records[min(range(len(distances)), key=lambda i: (distances[i], -i))]
         record.replayed = True
         return record
-
-    def clear(self) -> None:
-        self._records.clear()

@@ -14,5 +14,5 @@ from aion_pytorch.functional import compute_alpha, energy
 from aion_pytorch.residual import AionBlock, AionResidual, AionScale
 from aion_pytorch.zoo import AionScaledBranch, scale_branches
 
-__all__ = ["AionBlock", "AionResidual", "AionScale", "AionScaledBranch", "scale_branches", "compute_alpha", "energy", "fsdp_ignored_params",
-           "set_process_group"]
+__all__ = ["AionBlock", "AionResidual", "AionScale", "AionScaledBranch", "compute_alpha", "energy",
+           "fsdp_ignored_params", "scale_branches", "set_process_group"]

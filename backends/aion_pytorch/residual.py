@@ -194,8 +194,9 @@ class AionResidual(nn.Module):
         tracing = not compiling and (torch.jit.is_tracing() or _functorch_transforms_active())
         if tracing or compiling:
             # Standard ops: Inductor fuses them itself, and neither the TorchScript-based ONNX
-            # exporter nor torch.func can take a Python autograd node. The schedule is chosen on the device and,
-            # compiled, the state read through snapshot_state: a recomputation replays both.
+            # exporter nor torch.func can take a Python autograd node. The schedule is chosen
+            # on the device and, compiled, the state read through snapshot_state: a
+            # recomputation replays both.
             state = (aion_core.AionState(self.ratio_ema.clone(), self.step_count, self.nonfinite_count) if tracing
                      else snapshot_state(y, self.ratio_ema, self.step_count, self.nonfinite_count))
             step = aion_core.train_step if self.config.k_update == 1 else aion_core.step.selected_train_step
@@ -273,17 +274,14 @@ class AionResidual(nn.Module):
                 state_dict[prefix + name] = state_dict[prefix + name].to(getattr(torch, dtype))
 
     def _check_phase(self) -> None:
-        # Reads only host-side counters; the device only after an outside write. Not traced
-        # by torch.compile (the version is not a graph value): see the class notes.
-        if torch.compiler.is_compiling():
-            return
+        # Eager only (compiled steps choose on the device). Reads only host-side counters;
+        # the device only after an outside write.
         buffer, version = self._phase_mark
         if buffer is not self.step_count or version is None or version != _version(self.step_count):
             self._resync_phase(None)
 
     def _resync_phase(self, incompatible_keys):
-        # One sync: at load time (a post-hook, so a compiled module also sees it) or after
-        # an outside write. A meta tensor holds no value to read: the phase stays.
+        # One sync: at load time (a post-hook) or after an outside write. A meta tensor holds no value to read: the phase stays.
         if self.config.k_update > 1 and self.step_count.device.type != "meta":
             self._phase = int(self.step_count) % self.config.k_update
         self._phase_mark = (self.step_count, _version(self.step_count))

@@ -40,15 +40,15 @@ _LOGS: weakref.WeakKeyDictionary[torch.Tensor, ReplayLog] = weakref.WeakKeyDicti
 def _snapshot_state(ratio_ema: torch.Tensor, step_count: torch.Tensor, nonfinite_count: torch.Tensor,
                     y: torch.Tensor):
     log = _LOGS.get(ratio_ema)
-    if in_recomputation():
-        record = None if log is None else log.find(fingerprint(y))
-        if record is not None:
-            return tuple(t.clone() for t in record.state)
-        return ratio_ema.clone(), step_count.clone(), nonfinite_count.clone()
+    recomputing = in_recomputation()
+    record = log.find(fingerprint(y)) if recomputing and log is not None else None
+    if record is not None:
+        return tuple(t.clone() for t in record.state)
     state = AionState(ratio_ema.clone(), step_count.clone(), nonfinite_count.clone())
-    if log is None:
-        log = _LOGS[ratio_ema] = ReplayLog()
-    log.push(state, 0, fingerprint(y))
+    if not recomputing:  # (a recomputation without a record reads the buffers, logs nothing)
+        if log is None:
+            log = _LOGS[ratio_ema] = ReplayLog()
+        log.push(state, 0, fingerprint(y))
     return tuple(state)
 
 

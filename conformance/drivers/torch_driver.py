@@ -32,13 +32,8 @@ class TorchDriver(BuiltinDriver):
 
     def set_state(self, layer, state):
         entries = {name: torch.from_numpy(value) for name, value in core.portable.state_entries(state).items()}
-        if layer.compiled:
-            # Compiled code does not notice a step_count written by hand (the k_update phase
-            # lives on the host; see AionResidual's notes): load_state_dict is the way.
-            layer.module.load_state_dict({**layer.module.state_dict(), **entries})
-            return
-        # Eagerly, written into the buffers by hand, as a user may do: the layer must follow
-        # a step_count it did not write (the k_update schedule).
+        # Written into the buffers by hand, as a user may do: the layer must follow a
+        # step_count it did not write (the k_update schedule; compiled, read on the device).
         with torch.no_grad():
             for name, value in entries.items():
                 getattr(layer.module, name).copy_(value)
