@@ -3,7 +3,8 @@
 Every function here is pure: parameters and running state come in as arrays and the
 new state goes out as arrays. No framework is imported; the namespace ``xp`` is found
 with :func:`array_api_compat.array_namespace` or handed in by an adapter (the Keras
-adapter hands in a ``keras.ops``-backed one).
+adapter hands in a ``keras.ops``-backed one). What the framework adapters build on beyond
+this API is :mod:`aion_core.adapter`.
 
 >>> import numpy as np
 >>> import aion_core as core
@@ -24,11 +25,13 @@ from aion_core import portable
 from aion_core.math import batch_ratio, compute_alpha, energy
 from aion_core.state import STATE_SPEC, AionState, initial_state
 from aion_core.step import eval_step, is_update_step, train_step
+from aion_core import adapter  # last: it gathers names from the modules above
 
 __all__ = [
     "STATE_SPEC",
     "AionConfig",
     "AionState",
+    "adapter",
     "batch_ratio",
     "block_input_error",
     "check_inputs",

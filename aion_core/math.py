@@ -1,9 +1,10 @@
-"""The three formulas of AION: energy, batch ratio, alpha (spec section "Math").
+"""The formulas of AION: energy, per-row ratio, batch ratio, alpha (spec section "Math").
 
 Energies and ratios are computed in the accumulation dtype: float64 for float64
 inputs, float32 for every other floating dtype (float16, bfloat16, float32), so a
 low-precision input never overflows where float32 would not and epsilon never
-underflows.
+underflows. Both ways of training, autodiff of :func:`aion_core.train_step` and the
+closed form of :mod:`aion_core.closed_form`, form the ratio with :func:`row_ratios`.
 """
 
 from __future__ import annotations
@@ -39,8 +40,26 @@ def energy(xp, t, acc_dtype=None):
     return xp.mean(t * t, axis=-1)
 
 
-def batch_ratio(xp, x_ref, y, epsilon: float, acc_dtype=None, stop_gradient=None):
-    """``mean over rows of E[y] / (E[x_ref] + epsilon)``: one scalar for the batch.
+def where_finite(xp, finite, value, fallback):
+    """``value`` where ``finite``, ``fallback`` elsewhere: how no gradient passes through a non-finite ratio.
+
+    Spec sections 5 and 7: a ratio that is not finite (an overflowed energy, a NaN) reaches
+    neither the state nor any gradient. A select, never a product with a 0/1 mask: the
+    backward of ``mask * value`` multiplies the incoming gradient by ``value``, and
+    ``0 * inf`` is NaN. Where an op's own backward would multiply by a non-finite operand
+    (the division of :func:`row_ratios`), the operands are selected before the op and the
+    result after it. A hand-written backward (:mod:`aion_core.closed_form`) selects its
+    ratio terms the same way.
+
+    >>> import numpy as np
+    >>> where_finite(np, np.array([True, False]), np.array([2.0, np.inf]), 0.0)
+    array([2., 0.])
+    """
+    return xp.where(finite, value, fallback)
+
+
+def row_ratios(xp, x_ref, y, epsilon: float, acc_dtype=None, stop_gradient=None):
+    """Each row's ``E[y] / (E[x_ref] + epsilon)`` and its denominator ``E[x_ref] + epsilon``.
 
     ``epsilon`` is added in the accumulation dtype, after the energy is formed. That dtype
     is ``acc_dtype`` if given (a float64 ``x`` makes it float64 even when ``x_ref`` is
@@ -55,17 +74,30 @@ def batch_ratio(xp, x_ref, y, epsilon: float, acc_dtype=None, stop_gradient=None
     Examples
     --------
     >>> import numpy as np
+    >>> per_row, denominator = row_ratios(np, np.ones((2, 4)), np.full((2, 4), 3.0), 0.5)
+    >>> per_row, denominator
+    (array([6., 6.]), array([1.5, 1.5]))
+    """
+    acc = acc_dtype or accumulation_dtype(xp, x_ref.dtype, y.dtype)
+    numerator, denominator = energy(xp, y, acc), energy(xp, x_ref, acc) + epsilon
+    per_row = numerator / denominator
+    if stop_gradient is not None:
+        finite = xp.isfinite(stop_gradient(per_row))
+        safe = where_finite(xp, finite, numerator, 0.0) / where_finite(xp, finite, denominator, 1.0)
+        per_row = where_finite(xp, finite, safe, stop_gradient(per_row))
+    return per_row, denominator
+
+
+def batch_ratio(xp, x_ref, y, epsilon: float, acc_dtype=None, stop_gradient=None):
+    """``mean over rows of E[y] / (E[x_ref] + epsilon)``: one scalar for the batch (:func:`row_ratios`).
+
+    Examples
+    --------
+    >>> import numpy as np
     >>> float(batch_ratio(np, np.ones((2, 4)), np.full((2, 4), 3.0), 0.5))
     6.0
     """
-    acc = acc_dtype or accumulation_dtype(xp, x_ref.dtype, y.dtype)
-    e_y, e_x = energy(xp, y, acc), energy(xp, x_ref, acc) + epsilon
-    if stop_gradient is None:
-        return xp.mean(e_y / e_x)
-    per_row = e_y / e_x
-    finite = xp.isfinite(stop_gradient(per_row))
-    safe = xp.where(finite, e_y, 0.0) / xp.where(finite, e_x, 1.0)
-    return xp.mean(xp.where(finite, safe, stop_gradient(per_row)))
+    return xp.mean(row_ratios(xp, x_ref, y, epsilon, acc_dtype, stop_gradient)[0])
 
 
 def compute_alpha(alpha0, beta, ratio):

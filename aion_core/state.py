@@ -35,8 +35,9 @@ def initial_state(xp, dtype=None, device=None) -> AionState:
     Examples
     --------
     >>> import numpy as np
-    >>> initial_state(np)
-    AionState(ratio_ema=array(1., dtype=float32), step_count=array(0, dtype=int32), nonfinite_count=array(0, dtype=int32))
+    >>> initial_state(np)  # doctest: +NORMALIZE_WHITESPACE
+    AionState(ratio_ema=array(1., dtype=float32), step_count=array(0, dtype=int32),
+              nonfinite_count=array(0, dtype=int32))
     """
     kw = {} if device is None else {"device": device}
     return AionState(

@@ -6,7 +6,7 @@ from array_api_compat import array_namespace
 
 from aion_core.config import AionConfig
 from aion_core.errors import check_inputs
-from aion_core.math import accumulation_dtype, batch_ratio, cast, compute_alpha
+from aion_core.math import accumulation_dtype, batch_ratio, cast, compute_alpha, where_finite
 from aion_core.state import AionState
 
 
@@ -15,7 +15,12 @@ def _identity(t):
 
 
 def is_update_step(step_count, k_update: int):
-    """True where the ratio is recomputed: steps 0, k, 2k, ... (``step_count`` before the step)."""
+    """True where the ratio is recomputed: steps 0, k, 2k, ... (``step_count`` before the step).
+
+    The one rule of the ``k_update`` schedule: :func:`scheduled_train_step` applies it to the
+    state's counter on the device, an adapter that keeps the phase ``step_count % k_update``
+    on the host to that phase.
+    """
     return step_count % k_update == 0
 
 
@@ -41,7 +46,12 @@ def _acc(xp, x, y, x_norm):
 
 
 def alpha_from_ratio(xp, alpha0, beta, ratio):
-    # Scalars are computed in the accumulation dtype (float32, or float64 for float64 inputs).
+    """:func:`aion_core.compute_alpha` with ``alpha0`` and ``beta`` cast to ``ratio``'s dtype, the accumulation dtype.
+
+    >>> import numpy as np
+    >>> alpha_from_ratio(np, np.float32(0.1), np.float32(0.05), np.float64(2.0)).dtype
+    dtype('float64')
+    """
     return compute_alpha(cast(xp, alpha0, ratio.dtype),
                          cast(xp, beta, ratio.dtype), ratio)
 
@@ -98,18 +108,70 @@ def smoothed_ratio(xp, r, ema, gamma: float, stop_gradient=_identity):
     ``r``'s dtype and carries ``r``'s gradient, scaled by ``1 - gamma`` (1 when ``gamma = 1``),
     except where ``r`` is not finite.
     """
+    # The guard asks whether r is finite once rounded to the state's dtype (float32):
+    # a float64 ratio beyond float32's range (1e200) would otherwise be stored as inf.
+    # For float32 accumulation the cast is a no-op. Checking float32(r) suffices:
+    # r_s is a convex combination of ema (a finite float32) and r (finite once rounded
+    # to float32), so it lies between two values that round to finite float32 numbers
+    # and float32(r_s) is finite. The rounding of its few operations cannot carry it
+    # over float32's overflow threshold: the worst case (ema the largest float32, r
+    # the largest float64 that still rounds to it) rounds to the largest float32 for
+    # every gamma (tests/test_core.py sweeps it).
     finite = xp.isfinite(cast(xp, r, ema.dtype))
-    # A non-finite ratio is replaced before any arithmetic, so neither the state
-    # nor the gradient ever sees it: the step falls back to the stored ratio.
+    # Replaced before any arithmetic: the step falls back to the stored ratio.
     ema_acc = cast(xp, ema, r.dtype)
-    r_safe = xp.where(finite, r, ema_acc)
+    r_safe = where_finite(xp, finite, r, ema_acc)
     r_s = r_safe if gamma == 1.0 else gamma * ema_acc + (1.0 - gamma) * r_safe
     new_ema = xp.where(finite, cast(xp, stop_gradient(r_s), ema.dtype), ema)
     return finite, r_s, new_ema
 
 
+def advance(xp, x, y, r, alpha0, beta, state: AionState, config: AionConfig, acc, out_dtype, *,
+            replica_mean=None, stop_gradient=_identity, fma=multiply_add):
+    """The update or hold step once the batch ratio is known: what :func:`train_step` and the closed form share.
+
+    Parameters
+    ----------
+    x, y : array
+        Residual input (None: the scale-only form) and branch output.
+    r : array or None
+        This replica's batch ratio (an update step, the guard and EMA of spec section 5), or
+        None (a hold step: alpha from the stored ratio, the state's ratio and count kept).
+    alpha0, beta, state, config, replica_mean, stop_gradient
+        As for :func:`train_step` (``stop_gradient`` the identity outside autodiff).
+    acc, out_dtype
+        The accumulation dtype and the output's dtype.
+    fma : callable
+        :func:`multiply_add` or an adapter's one-kernel equivalent.
+
+    Returns
+    -------
+    out, new_state, stats
+        As for :func:`train_step`.
+    (finite, r_s, alpha)
+        What a hand-written backward needs: the guard's verdict (None on a hold step), the
+        smoothed ratio, and alpha without the stop-gradient of ``stats``.
+    """
+    ema, nonfinite = stop_gradient(state.ratio_ema), state.nonfinite_count
+    if r is None:
+        finite, r_s, new_ema = None, cast(xp, ema, acc), ema
+        ratio_stat = r_s  # in the accumulation dtype, like the batch ratio of update steps
+    else:
+        replica_mean = replica_mean_for(config, replica_mean)
+        if replica_mean is not None:
+            r = replica_mean(r)
+        finite, r_s, new_ema = smoothed_ratio(xp, r, ema, config.ema_gamma, stop_gradient)
+        nonfinite = nonfinite + cast(xp, xp.logical_not(finite), nonfinite.dtype)
+        ratio_stat = r
+    alpha = alpha_from_ratio(xp, alpha0, beta, r_s)
+    out = _residual(xp, x, y, alpha, out_dtype, fma)
+    new_state = AionState(new_ema, state.step_count + 1, nonfinite)
+    stats = {"alpha": stop_gradient(alpha), "ratio": stop_gradient(ratio_stat), "ratio_ema": new_ema}
+    return out, new_state, stats, (finite, r_s, alpha)
+
+
 def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig, *,
-               xp=None, update=True, replica_mean=None, stop_gradient=None):
+               xp=None, update=True, replica_mean=None, stop_gradient=None, check=True):
     """A training-mode forward.
 
     Parameters
@@ -134,6 +196,9 @@ def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig,
         called when ``config.sync_ratio`` is False (:func:`replica_mean_for`).
     stop_gradient : callable, optional
         The framework's stop-gradient; the stored ratio never carries gradient.
+    check : bool
+        Run :func:`aion_core.check_inputs` first (True); False for a caller that has
+        checked these inputs already, so that each call checks once.
 
     Returns
     -------
@@ -147,83 +212,93 @@ def train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig,
         and ``ratio_ema`` (after the call, in the state's dtype).
     """
     xp = xp or array_namespace(x, y)
-    check_inputs(xp, x, y, x_norm)
-    sg = stop_gradient or _identity
-    ema = sg(state.ratio_ema)
-    nonfinite = state.nonfinite_count
-    replica_mean = replica_mean_for(config, replica_mean)
+    if check:
+        check_inputs(xp, x, y, x_norm)
     acc, out_dtype = _acc(xp, x, y, x_norm), output_dtype(xp, _dtype(x), y.dtype)
     # Each input is cast to acc once: x and y are read twice (energy, multiply-add), and two
     # casts of a 16-bit input give autodiff two 16-bit cotangents that it sums in 16 bits,
     # cancelling where the two gradient terms do (found by the fuzzer).
     x, y, x_norm = (None if t is None else cast(xp, t, acc) for t in (x, y, x_norm))
-    if update:
-        r = batch_ratio(xp, x if x_norm is None else x_norm, y, config.epsilon, acc, stop_gradient)
-        if replica_mean is not None:
-            r = replica_mean(r)
-        # The guard asks whether r is finite once rounded to the state's dtype (float32):
-        # a float64 ratio beyond float32's range (1e200) would otherwise be stored as inf.
-        # For float32 accumulation the cast is a no-op. Checking float32(r) suffices:
-        # r_s is a convex combination of ema (a finite float32) and r (finite once rounded
-        # to float32), so it lies between two values that round to finite float32 numbers
-        # and float32(r_s) is finite. The rounding of its few operations cannot carry it
-        # over float32's overflow threshold: the worst case (ema the largest float32, r
-        # the largest float64 that still rounds to it) rounds to the largest float32 for
-        # every gamma (tests/test_core.py sweeps it).
-        finite, r_s, new_ema = smoothed_ratio(xp, r, ema, config.ema_gamma, sg)
-        nonfinite = nonfinite + cast(xp, xp.logical_not(finite), nonfinite.dtype)
-        ratio_stat = r
-    else:
-        r_s = cast(xp, ema, acc)
-        new_ema = ema
-        ratio_stat = r_s  # in the accumulation dtype, like the batch ratio of update steps
-    alpha = alpha_from_ratio(xp, alpha0, beta, r_s)
-    out = _residual(xp, x, y, alpha, out_dtype)
-    new_state = AionState(new_ema, state.step_count + 1, nonfinite)
-    stats = {"alpha": sg(alpha), "ratio": sg(ratio_stat), "ratio_ema": new_ema}
+    r = batch_ratio(xp, x if x_norm is None else x_norm, y, config.epsilon, acc, stop_gradient) if update else None
+    out, new_state, stats, _ = advance(xp, x, y, r, alpha0, beta, state, config, acc, out_dtype,
+                                       replica_mean=replica_mean, stop_gradient=stop_gradient or _identity)
     return out, new_state, stats
 
 
-def selected_train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig, *,
-                        xp=None, replica_mean=None, stop_gradient=None):
-    """:func:`train_step` with the ``k_update`` schedule chosen on the device: both steps, then a select.
+def scheduled_train_step(x, y, x_norm, alpha0, beta, state: AionState, config: AionConfig, *,
+                         xp=None, replica_mean=None, stop_gradient=None, cond=None, check=True):
+    """:func:`train_step` on the ``k_update`` schedule, the step chosen from ``state.step_count`` on the device.
 
-    The update and the hold step are both computed and every result is taken from the one
-    :func:`is_update_step` picks for ``state.step_count``. For tracers that cannot branch on
-    a device value or keep the phase on the host: a host ``if`` would read the counter (a
-    sync; a graph break under ``torch.compile``), and a phase kept on the host is a Python
-    side effect that a recomputation (activation checkpointing) or a ``tf.distribute``
-    replica cannot replay. Gradients flow through the selected step only.
+    With ``k_update = 1`` every step is an update step. Otherwise :func:`is_update_step` of
+    the counter picks the step: ``cond`` runs one of the two, and without ``cond`` both are
+    computed and every result taken from the one picked. The select is for tracers that
+    cannot branch on a device value or keep the phase on the host: a host ``if`` would read
+    the counter (a sync; a graph break under ``torch.compile``), and a phase kept on the
+    host is a Python side effect that a recomputation (activation checkpointing) or a
+    ``tf.distribute`` replica cannot replay. Gradients flow through the chosen step only.
 
+    Parameters
+    ----------
+    x, y, x_norm, alpha0, beta, state, config, xp, replica_mean, stop_gradient
+        As for :func:`train_step`.
+    cond : callable, optional
+        ``cond(pred, update_fn, hold_fn)`` running one of two thunks on a 0-d boolean
+        (``jax.lax.cond``, ``keras.ops.cond``); each thunk returns ``(out, state fields as a
+        tuple, stats)``. None: both steps and a select.
+    check : bool
+        Check the inputs once, before either step is traced (as for :func:`train_step`).
+
+    Returns
+    -------
+    out, state, stats
+        As for :func:`train_step`.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> import aion_core as core
     >>> cfg = core.AionConfig(k_update=2)
     >>> x, y = np.ones((2, 4)), np.full((2, 4), 2.0)
     >>> a0, b = np.asarray(0.1), np.asarray(0.05)
     >>> state = core.initial_state(np, dtype=np.float64)._replace(step_count=np.int32(1))
-    >>> _, new, stats = selected_train_step(x, y, None, a0, b, state, cfg)  # a hold step
+    >>> _, new, stats = scheduled_train_step(x, y, None, a0, b, state, cfg)  # a hold step
     >>> float(new.ratio_ema), int(new.step_count), float(stats["ratio"])
     (1.0, 2, 1.0)
     """
     xp = xp or array_namespace(x, y)
-    update = is_update_step(state.step_count, config.k_update)
-    on, off = (train_step(x, y, x_norm, alpha0, beta, state, config, xp=xp, update=u,
-                          replica_mean=replica_mean, stop_gradient=stop_gradient) for u in (True, False))
-    out = xp.where(update, on[0], off[0])
-    new_state = AionState(*(xp.where(update, a, b) for a, b in zip(on[1], off[1])))
-    stats = {k: xp.where(update, on[2][k], off[2][k]) for k in on[2]}
-    return out, new_state, stats
+    if check:
+        check_inputs(xp, x, y, x_norm)
+
+    def step(update):
+        out, new_state, stats = train_step(x, y, x_norm, alpha0, beta, state, config, xp=xp, update=update,
+                                           replica_mean=replica_mean, stop_gradient=stop_gradient, check=False)
+        return out, tuple(new_state), stats  # plain tuples: what every cond takes as a branch's result
+
+    if config.k_update == 1:
+        out, new_state, stats = step(True)
+    elif cond is not None:
+        out, new_state, stats = cond(is_update_step(state.step_count, config.k_update),
+                                     lambda: step(True), lambda: step(False))
+    else:
+        update = is_update_step(state.step_count, config.k_update)
+        on, off = step(True), step(False)
+        out, new_state, stats = (xp.where(update, on[0], off[0]),
+                                 [xp.where(update, a, b) for a, b in zip(on[1], off[1])],
+                                 {k: xp.where(update, on[2][k], off[2][k]) for k in on[2]})
+    return out, AionState(*new_state), stats
 
 
 def eval_step(x, y, alpha0, beta, state: AionState, *, x_norm=None, xp=None,
-              stop_gradient=None):
+              stop_gradient=None, check=True):
     """An eval-mode forward: ``alpha`` from the current parameters and the stored ratio.
 
-    Nothing is updated; ``x_norm`` is checked like in training and otherwise unused.
-    Returns ``(out, stats)`` with the same stats as :func:`train_step`.
+    Nothing is updated; ``x_norm`` is checked like in training and otherwise unused
+    (``check``: as for :func:`train_step`). Returns ``(out, stats)`` with the same stats as
+    :func:`train_step`.
     """
     xp = xp or array_namespace(x, y)
-    check_inputs(xp, x, y, x_norm)
+    if check:
+        check_inputs(xp, x, y, x_norm)
     ema = (stop_gradient or _identity)(state.ratio_ema)
     ratio = cast(xp, ema, _acc(xp, x, y, x_norm))
     alpha = alpha_from_ratio(xp, alpha0, beta, ratio)

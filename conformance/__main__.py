@@ -18,7 +18,9 @@ from pathlib import Path
 
 from aion_conformance import registry
 from aion_conformance.registry import DEVICE_ENV
+from aion_conformance.bench import timing
 from aion_conformance.report import write_report
+from aion_conformance.trajectory.parity import run_trajectories
 
 
 def _select(only: list[str] | None, outside: list[str]) -> list[tuple[str, str | None]]:
@@ -82,19 +84,15 @@ def main(argv=None) -> int:
     runs = run_all(selected)
     extra, ok = [], True
     names = [backend for _, backend in selected if backend]
-    with_trajectory = [b for b in names if registry.BACKENDS[b].trajectory]
+    with_trajectory = [b for b in names if "trajectory" in registry.BACKENDS[b].problems]
     if with_trajectory:
-        from aion_conformance.trajectory.parity import run_trajectories
-
         print(f"trajectories: {', '.join(with_trajectory)} ...", flush=True)
         ok, extra = run_trajectories(with_trajectory, args.out)
-    with_bench = [b for b in names if registry.BACKENDS[b].bench]
+    with_bench = [b for b in names if "bench" in registry.BACKENDS[b].problems]
     if not args.no_bench and with_bench:
-        from aion_conformance.bench import timing
-
         print(f"throughput: {', '.join(with_bench)} ...", flush=True)
         rows = timing.run_benchmarks(with_bench, args.bench_widths, args.bench_seconds, 3, 8, 128,
-                                     variants=("plain", "aion"))
+                                     variants=("plain", "aion"), compiled=False)
         (args.out / "bench.json").write_text(json.dumps(rows, indent=1))
         timing.plot(rows, args.out / "bench.png")
         extra += ["", f"Throughput (B=8, T=128, 4 pre-norm FF blocks, AdamW; interleaved rounds for "

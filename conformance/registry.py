@@ -2,9 +2,9 @@
 
 Each backend is listed once: its conformance driver, the environment its process needs
 (a Keras backend is fixed when Keras is imported; 64-bit JAX and device flags are
-process-wide), its trajectory model and its benchmark step. Everything that loops over
-backends (the CLI, trajectories, checkpoint matrix, bench, tests) reads :data:`BACKENDS`
-and runs code through :func:`spawn` or :func:`call`.
+process-wide), its framework kit and what it can run. Everything that loops over backends
+(the CLI, trajectories, checkpoint matrix, bench, stability, tests) reads :data:`BACKENDS`
+and runs code through :func:`spawn` or :func:`call`; no other module names a backend.
 
     python -m aion_conformance.registry TARGET ARGS.json RESULT.json   # (what call() runs)
 """
@@ -30,39 +30,62 @@ DEVICE_ENV = "AION_CONFORMANCE_DEVICE"
 
 @dataclass(frozen=True)
 class Backend:
-    """One implementation the suite knows by name.
+    """One implementation the suite knows by name, and what it can do.
 
-    ``driver``, ``trajectory``, ``bench`` and ``stability`` are ``"module:attribute"`` targets,
-    imported only in the backend's own process; None where the backend has no such part.
+    ``driver`` is a ``"module:Class"`` target and ``kit`` a module (its framework's kit,
+    :mod:`aion_conformance.frameworks.kit`), both imported only in the backend's own
+    process; ``kit`` None for the reference namespaces, which train nothing. ``problems``:
+    which of ``"trajectory"``, ``"stability"``, ``"bench"`` it runs. ``bench_modes``: the
+    ``compiled`` settings the bench times (None: the framework's usual way). ``extras``: the
+    kit's own residual kinds (its ``EXTRA_RESIDUALS``, e.g. another implementation to time
+    beside AION). ``sweeps``: the backend that trains the whole stability sweep, the others
+    checked against it.
     """
 
     name: str
     driver: str
     env: dict[str, str] = field(default_factory=dict)
-    trajectory: str | None = None  # (problem, steps) -> {"loss", "alpha", "checkpoint"}
-    bench: str | None = None  # (width, variant, batch, seq) -> (step, device)
-    stability: str | None = None  # (seed, depth, variant, steps, record_scale) -> {"loss", ...}
+    kit: str | None = None
+    problems: frozenset[str] = frozenset()
+    bench_modes: tuple[bool | None, ...] = (None,)
+    extras: tuple[str, ...] = ()
+    sweeps: bool = False
 
 
-def _keras(backend: str) -> Backend:
-    return Backend(f"keras-{backend}", f"{_PKG}.drivers.keras_driver:KerasDriver", {"KERAS_BACKEND": backend},
-                   f"{_PKG}.trajectory.keras_model:run", f"{_PKG}.bench.models:keras_step",
-                   f"{_PKG}.stability.keras_model:run")
+_ALL = frozenset({"trajectory", "stability", "bench"})
+_FW = f"{_PKG}.frameworks"
+
+
+def _keras(backend: str, bench_modes=(None,)) -> Backend:
+    return Backend(f"keras-{backend}", f"{_FW}.keras.driver:KerasDriver", {"KERAS_BACKEND": backend},
+                   f"{_FW}.keras", _ALL, bench_modes)
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("numpy", f"{_PKG}.drivers.reference_driver:ReferenceDriver"),
     Backend("array-api-strict", f"{_PKG}.drivers.array_api_strict_driver:ArrayApiStrictDriver"),
-    Backend("torch", f"{_PKG}.drivers.torch_driver:TorchDriver", {},
-            f"{_PKG}.trajectory.torch_model:run", f"{_PKG}.bench.models:torch_step",
-            f"{_PKG}.stability.torch_model:run"),
-    _keras("tensorflow"), _keras("jax"), _keras("torch"),
-    Backend("flax-nnx", f"{_PKG}.drivers.flax_driver:NnxDriver", {},
-            f"{_PKG}.trajectory.flax_model:run_nnx", f"{_PKG}.bench.models:flax_nnx_step",
-            f"{_PKG}.stability.flax_model:run"),
-    Backend("flax-linen", f"{_PKG}.drivers.flax_driver:LinenDriver", {},
-            f"{_PKG}.trajectory.flax_model:run_linen", f"{_PKG}.bench.models:flax_linen_step"),
+    Backend("torch", f"{_FW}.torch.driver:TorchDriver", {}, f"{_FW}.torch", _ALL, (False, True),
+            ("aion-torch-1.0.2", "aion-floor"), sweeps=True),
+    _keras("tensorflow"), _keras("jax"), _keras("torch", (False, True)),
+    Backend("flax-nnx", f"{_FW}.flax.driver:NnxDriver", {}, f"{_FW}.flax.nnx", _ALL),
+    Backend("flax-linen", f"{_FW}.flax.driver:LinenDriver", {}, f"{_FW}.flax.linen", _ALL),
 )}
+
+
+#: The backend that trains the whole stability sweep.
+SWEEPS = next(name for name, b in BACKENDS.items() if b.sweeps)
+
+
+def with_problem(problem: str) -> list[str]:
+    """The backends that run ``problem``, in registry order."""
+    return [name for name, b in BACKENDS.items() if problem in b.problems]
+
+
+def kit(backend: str):
+    """The framework kit of ``backend`` (imports the framework: call it in its process)."""
+    from aion_conformance.frameworks.kit import load
+
+    return load(BACKENDS[backend].kit)
 
 
 class BackendError(RuntimeError):

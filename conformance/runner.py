@@ -12,6 +12,7 @@ from aion_conformance.drivers.protocol import (DEFAULT_EXECUTION, ERROR_CLASSES,
 from aion_conformance.spec.cases import CONFIG_ERRORS, call_error_cases, loosest, output_dtype_name
 from aion_conformance.spec.golden import load_all, recast_case
 from aion_conformance.spec.tolerance import RTOL, SUBNORMAL_STEP, compare
+from aion_conformance.spec.musts import MUSTS
 from aion_conformance.trajectory.parity import hook_checks
 from aion_core import STATE_SPEC
 
@@ -21,25 +22,6 @@ _DIRTY_STATE = {"ratio_ema": 1.75, "step_count": 3, "nonfinite_count": 1}
 _FLOAT32_QUANTITIES = ("grad.alpha0", "grad.beta")
 #: Integer state, which must match exactly.
 _COUNTERS = [name for name, (dtype, _, _) in STATE_SPEC.items() if dtype.startswith("int")]
-#: The MUST of the spec each kind of failure breaks: every failure message starts with its label.
-MUSTS = {
-    "out": "spec 4: output",
-    "out_dtype": "spec 4: output dtype",
-    "stats": "spec 7a: stats",
-    "state": "spec 5: state update",
-    "eval state": "spec 3: eval changes no state",
-    "nonfinite state": "spec 5: non-finite data never reaches the state",
-    "grad": "spec 7: gradients",
-    "crash": "spec 10: every vector runs",
-    "config class": "spec 2: validation error class",
-    "config argument": "spec 2: the message names the argument",
-    "call class": "spec 8: error class",
-    "call argument": "spec 8: the message names the argument",
-    "failed call state": "spec 5: a failed call changes no state",
-    "trajectory": "spec 10: trajectory parity",
-    "checkpoint": "spec 9: portable checkpoint",
-    "original": "spec 11: training equals aion-torch 1.0.2",
-}
 
 
 def _must(kind: str, case: dict | None = None) -> str:

@@ -1,52 +1,33 @@
-"""One API across adapters: the same constructor arguments, ``config`` attribute and annotations."""
+"""One API across adapters: the same constructor arguments, ``config`` attribute and annotations.
 
+The adapters, and what a test needs to drive each, are listed in ``tests/frameworks.py``.
+"""
+
+import importlib
 import inspect
 
 import numpy as np
 import pytest
 
 import aion_core as core
+import frameworks
+from frameworks import APIS
 
 COMMON = ["alpha0", "beta", "ema_gamma", "epsilon", "k_update", "sync_ratio"]
 DEFAULTS = core.AionConfig().to_dict()
-#: Keyword arguments of a framework's own convention, after the common ones.
-OWN = {"torch": {"process_group"}, "keras": {"kwargs"},
-       "flax-nnx": {"axis_name", "deterministic", "dtype", "param_dtype", "rngs"},
-       "flax-linen": {"axis_name", "deterministic", "dtype", "param_dtype", "parent", "name"}}
+ADAPTERS = frameworks.params(APIS.values())
 
 
 def _adapter(name):
-    if name == "torch":
-        import aion_pytorch as m
-    elif name == "keras":
-        import aion_keras as m
-    elif name == "flax-nnx":
-        import aion_flax as m
-    else:
-        import aion_flax.linen as m
-    return m
+    return importlib.import_module(APIS[name].module)
 
 
 def _branch(adapter):
     """A 4 -> 4 branch layer of the adapter's framework."""
-    if adapter == "torch":
-        import torch
-
-        return torch.nn.Linear(4, 4)
-    if adapter == "keras":
-        import keras
-
-        return keras.layers.Dense(4)
-    if adapter == "flax-nnx":
-        from flax import nnx
-
-        return nnx.Linear(4, 4, rngs=nnx.Rngs(0))
-    import flax.linen as nn
-
-    return nn.Dense(4)
+    return APIS[adapter].branch()
 
 
-@pytest.mark.parametrize("adapter", list(OWN))
+@pytest.mark.parametrize("adapter", ADAPTERS)
 @pytest.mark.parametrize("cls, leading", [("AionResidual", []), ("AionScale", []), ("AionBlock", ["layer", "dim"])])
 def test_constructor_arguments_are_the_same(adapter, cls, leading):
     params = list(inspect.signature(getattr(_adapter(adapter), cls)).parameters.values())
@@ -55,10 +36,10 @@ def test_constructor_arguments_are_the_same(adapter, cls, leading):
     for p in params[len(leading):len(leading) + len(COMMON)]:
         assert p.kind is p.POSITIONAL_OR_KEYWORD and p.default == DEFAULTS[p.name], p
         assert p.annotation in ("float", "int", "bool", float, int, bool), p
-    assert set(names[len(leading) + len(COMMON):]) <= OWN[adapter] | ({"dim"} if adapter == "flax-linen" else set())
+    assert set(names[len(leading) + len(COMMON):]) <= APIS[adapter].own
 
 
-@pytest.mark.parametrize("adapter", list(OWN))
+@pytest.mark.parametrize("adapter", ADAPTERS)
 def test_config_attribute_holds_the_validated_hyper_parameters(adapter):
     m = _adapter(adapter)
     want = core.AionConfig(0.2, 0.3, 0.9, 1e-6, 2, False)
@@ -74,23 +55,7 @@ def test_config_attribute_holds_the_validated_hyper_parameters(adapter):
             m.AionBlock(_branch(adapter), 4, sync_ratio=bad)
 
 
-def test_linen_block_checks_its_config_and_dim_when_built():
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    import aion_flax.linen as aion_linen
-
-    with pytest.raises(ValueError, match="alpha0"):
-        aion_linen.AionBlock(nn.Dense(4), alpha0=-1.0)
-    block = aion_linen.AionBlock(nn.Dense(4), 4, beta=0.3)
-    assert block.config.beta == pytest.approx(0.3)
-    with pytest.raises(ValueError, match="dim=4"):
-        block.init(jax.random.key(0), jnp.ones((2, 3)), deterministic=True)
-
-
-@pytest.mark.parametrize("adapter, method", [("torch", "forward"), ("keras", "call"),
-                                             ("flax-nnx", "__call__"), ("flax-linen", "__call__")])
+@pytest.mark.parametrize("adapter, method", frameworks.params(APIS.values(), "call"))
 def test_call_signatures_are_annotated(adapter, method):
     m = _adapter(adapter)
     for cls in (m.AionResidual, m.AionScale, m.AionBlock):
@@ -102,21 +67,10 @@ def test_call_signatures_are_annotated(adapter, method):
 
 def _call_block(adapter, block, a):
     """Run ``block`` on the numpy array ``a`` as the framework's array."""
-    if adapter == "torch":
-        import torch
-
-        return block(torch.from_numpy(np.asarray(a)))
-    if adapter == "keras":
-        return block(a)
-    import jax
-    import jax.numpy as jnp
-
-    if adapter == "flax-nnx":
-        return block(jnp.asarray(a))
-    return block.init(jax.random.key(0), jnp.asarray(a), deterministic=False)
+    return APIS[adapter].run(block, a)
 
 
-@pytest.mark.parametrize("adapter", list(OWN))
+@pytest.mark.parametrize("adapter", ADAPTERS)
 @pytest.mark.parametrize("bad, error, message", [
     (np.ones((2, 3), np.float32), ValueError, r"x.shape\[-1\] must equal dim=4, got shape \(2, 3\)"),
     (np.ones((), np.float32), ValueError, "x must have at least one axis"),
@@ -128,13 +82,13 @@ def test_block_input_errors_are_the_same_everywhere(adapter, bad, error, message
         _call_block(adapter, block, bad)
 
 
-@pytest.mark.parametrize("adapter", list(OWN))
+@pytest.mark.parametrize("adapter", ADAPTERS)
 @pytest.mark.parametrize("dim, error", [(0, ValueError), (True, TypeError), (4.0, TypeError)])
 def test_block_dim_is_validated_alike(adapter, dim, error):
     with pytest.raises(error, match="dim must be"):
         _adapter(adapter).AionBlock(_branch(adapter), dim)
 
 
-@pytest.mark.parametrize("adapter", list(OWN))
+@pytest.mark.parametrize("adapter", ADAPTERS)
 def test_block_takes_a_numpy_integer_dim(adapter):
     assert _adapter(adapter).AionBlock(_branch(adapter), np.int64(4)).config == core.AionConfig()

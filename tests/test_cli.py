@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from aion_conformance import original, registry
+from aion_conformance import registry
 from aion_conformance.report import write_report
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -44,9 +44,13 @@ def test_bad_driver_spec_is_reported(tmp_path):
 
 
 def test_a_skipped_comparison_reads_skipped_never_a_number(tmp_path):
-    skipped = {"driver": "torch", "check": original.CHECK, "case": "c", "dtype": "float32", "status": "skip",
-               "max_abs": 0.0, "max_rel": 0.0, "messages": [original.MISSING]}
-    assert write_report([{"driver": "torch", "versions": {}, "results": [skipped]}], tmp_path)
-    row = next(line for line in (tmp_path / "conformance.md").read_text().splitlines()
-               if line.startswith("| torch"))
-    assert f"vs {original.CHECK}: skipped" in row and "0.0e+00" not in row
+    """A driver's own check (its extra_checks: torch's against aion-torch 1.0.2) shows beside the vectors."""
+    own = "another implementation"
+    skipped = {"driver": "mine", "check": own, "case": "c", "dtype": "float32", "status": "skip",
+               "max_abs": 0.0, "max_rel": 0.0, "messages": ["not installed"]}
+    ran = {**skipped, "driver": "theirs", "status": "pass", "max_rel": 3e-7, "messages": []}
+    assert write_report([{"driver": d["driver"], "versions": {}, "results": [d]} for d in (skipped, ran)], tmp_path)
+    rows = {line.split(" | ")[0][2:]: line for line in (tmp_path / "conformance.md").read_text().splitlines()
+            if line.startswith(("| mine", "| theirs"))}
+    assert f"vs {own}: skipped" in rows["mine"] and "0.0e+00" not in rows["mine"]
+    assert f"vs {own}: 3.0e-07" in rows["theirs"]

@@ -14,7 +14,7 @@ from aion_conformance.trajectory.parity import RESUME_AT, STEPS
 from aion_conformance.trajectory.problem import (TOLERANCE, deviation, load_checkpoint, make_problem,
                                                  resume, save_checkpoint)
 
-TRAINED = [name for name, backend in registry.BACKENDS.items() if backend.trajectory]
+TRAINED = registry.with_problem("trajectory")
 
 
 @pytest.mark.parametrize("backend", list(registry.BACKENDS))
@@ -56,9 +56,8 @@ def test_trajectory_and_checkpoints_follow_the_reference(backend, reference_runs
     """20 SGD steps track the float64 reference; the backend's checkpoint and the
     reference's both resume on it and on the reference, on the uninterrupted trajectory."""
     ref, ref_ckpt = reference_runs
-    target = registry.BACKENDS[backend].trajectory
     own = tmp_path / f"{backend}.npz"
-    run = registry.call("aion_conformance.trajectory.parity:train", target, str(own), [],
+    run = registry.call("aion_conformance.trajectory.parity:train", backend, str(own), [],
                         backend=backend, timeout=600)
     dev = deviation(run, ref)
     print(f"{backend}: max rel deviation {dev}")
@@ -66,7 +65,7 @@ def test_trajectory_and_checkpoints_follow_the_reference(backend, reference_runs
     assert run["loss"][-1] < run["loss"][0]  # it trains
 
     want = {"loss": ref["loss"][RESUME_AT:], "alpha": ref["alpha"][RESUME_AT:]}
-    resumed = registry.call("aion_conformance.trajectory.parity:train", target, None,
+    resumed = registry.call("aion_conformance.trajectory.parity:train", backend, None,
                             [str(own), str(ref_ckpt)], backend=backend, timeout=600)
     assert sorted(resumed) == sorted([backend, "reference"])
     resumed[f"{backend} on reference"] = reference.run(resume(make_problem(), load_checkpoint(own)),

@@ -4,46 +4,28 @@ import numpy as np
 import pytest
 
 import aion_core as core
+import frameworks
 from aion_conformance.spec.reference import reference_call
 
-NAMESPACES = ["numpy", "array_api_strict", "torch", "jax"]
+#: aion_core's array namespaces (tests/frameworks.py): the core's own, then each framework's.
+NAMESPACES = frameworks.params(frameworks.NAMESPACES.values())
 
 
 def _ns(name):
-    if name == "numpy":
-        import array_api_compat.numpy as xp
-
-        return xp, lambda a: np.asarray(a, np.float64)
-    if name == "array_api_strict":
-        import array_api_strict as xp
-
-        return xp, lambda a: xp.asarray(a, dtype=xp.float64)
-    if name == "torch":
-        import array_api_compat.torch as xp
-        import torch
-
-        return xp, lambda a: torch.from_numpy(np.asarray(a, np.float64))
-    import jax.numpy as xp
-
-    return xp, lambda a: xp.asarray(a, dtype=xp.float64)
+    return frameworks.NAMESPACES[name].load()
 
 
 @pytest.fixture
-def jax_x64():
-    """float64 in jax for this test only (the flag is process-wide)."""
-    import jax
-
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", before)
+def float64(request):
+    """float64 in the namespace under test, for this test only (jax's flag is process-wide)."""
+    with frameworks.NAMESPACES[request.node.callspec.params["name"]].float64():
+        yield
 
 
 @pytest.mark.parametrize("name", NAMESPACES)
 @pytest.mark.parametrize("k_update,ema_gamma", [(1, 0.99), (2, 1.0), (3, 0.0)])
 def test_same_results_on_every_namespace(name, k_update, ema_gamma, request):
-    if name == "jax":
-        request.getfixturevalue("jax_x64")
+    request.getfixturevalue("float64")
     xp, arr = _ns(name)
     cfg = core.AionConfig(alpha0=0.2, beta=0.3, ema_gamma=ema_gamma, k_update=k_update)
     rng = np.random.default_rng(0)
@@ -140,7 +122,7 @@ def test_check_inputs_names_the_argument(bad, err):
         core.check_inputs(np, bad["x"], bad["y"], bad.get("x_norm"))
 
 
-# --- aion_core.fused: the closed-form gradient equals autodiff of train_step ----------------
+# --- aion_core.closed_form: the closed-form gradient equals autodiff of train_step ----------------
 
 def _autodiff_step(cfg, state, update, x, y, x_norm, cotangent, replica_mean=None):
     """train_step's output, state and gradients by torch autograd: the truth for the closed form."""
@@ -162,12 +144,12 @@ def _fused_step(cfg, state, update, x, y, x_norm, cotangent, replica_mean=None, 
     import array_api_compat.torch as txp
     import torch
 
-    from aion_core import fused
+    from aion_core import closed_form
 
     a0, b = torch.tensor(0.2), torch.tensor(0.3)
-    out, new, stats, saved = fused.train_forward(x, y, x_norm, a0, b, state, cfg, xp=txp, update=update,
+    out, new, stats, saved = closed_form.train_forward(x, y, x_norm, a0, b, state, cfg, xp=txp, update=update,
                                                  replica_mean=replica_mean)
-    grads = fused.train_vjp(saved, cotangent, xp=txp, replica_mean=vjp_replica_mean or replica_mean)
+    grads = closed_form.train_vjp(saved, cotangent, xp=txp, replica_mean=vjp_replica_mean or replica_mean)
     return out, new, list(grads)
 
 
@@ -213,7 +195,7 @@ def test_closed_form_gradient_equals_autodiff(dtypes, with_x_norm, ema_gamma, up
 
 def test_closed_form_gradient_matches_finite_differences():
     # Independent of any autodiff: central differences of train_step in float64.
-    from aion_core import fused
+    from aion_core import closed_form
 
     rng = np.random.default_rng(1)
     x, y, xn, cot = (rng.standard_normal((2, 3, 4)) for _ in range(4))
@@ -225,8 +207,8 @@ def test_closed_form_gradient_matches_finite_differences():
         out, _, _ = core.train_step(a["x"], a["y"], a["x_norm"], a["alpha0"], a["beta"], state, cfg, xp=np)
         return float(np.sum(out * cot))
 
-    _, _, _, saved = fused.train_forward(x, y, xn, args["alpha0"], args["beta"], state, cfg, xp=np)
-    grads = fused.train_vjp(saved, cot, xp=np)._asdict()
+    _, _, _, saved = closed_form.train_forward(x, y, xn, args["alpha0"], args["beta"], state, cfg, xp=np)
+    grads = closed_form.train_vjp(saved, cot, xp=np)._asdict()
     h = 1e-6
     for name, value in args.items():
         numeric = np.zeros(value.shape)
@@ -292,10 +274,9 @@ def test_closed_form_replica_mean_gradient_is_that_of_the_global_batch():
 
 @pytest.mark.parametrize("name", NAMESPACES)
 def test_closed_form_runs_on_every_namespace(name, request):
-    from aion_core import fused
+    from aion_core import closed_form
 
-    if name == "jax":
-        request.getfixturevalue("jax_x64")
+    request.getfixturevalue("float64")
     xp, arr = _ns(name)
     rng = np.random.default_rng(3)
     x, y, xn, cot = (rng.standard_normal((3, 4, 8)) for _ in range(4))
@@ -303,9 +284,9 @@ def test_closed_form_runs_on_every_namespace(name, request):
     results = []
     for ns, to in ((xp, arr), (np, np.asarray)):
         state = core.initial_state(ns, dtype=ns.float32)
-        out, _, _, saved = fused.train_forward(to(x), to(y), to(xn), to(np.float32(0.2)), to(np.float32(0.3)),
+        out, _, _, saved = closed_form.train_forward(to(x), to(y), to(xn), to(np.float32(0.2)), to(np.float32(0.3)),
                                                state, cfg, xp=ns)
-        results.append([np.asarray(out), *(np.asarray(g) for g in fused.train_vjp(saved, to(cot), xp=ns))])
+        results.append([np.asarray(out), *(np.asarray(g) for g in closed_form.train_vjp(saved, to(cot), xp=ns))])
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
@@ -333,7 +314,7 @@ def test_sync_ratio_false_never_calls_the_replica_mean(path):
     import array_api_compat.torch as txp
     import torch
 
-    from aion_core import fused
+    from aion_core import closed_form
 
     gen = torch.Generator().manual_seed(4)
     x, y, xn, cot = (torch.randn(3, 8, generator=gen) for _ in range(4))
@@ -350,10 +331,10 @@ def test_sync_ratio_false_never_calls_the_replica_mean(path):
             out, new, stats = core.train_step(x, y, xn, torch.tensor(0.2), torch.tensor(0.3), state, cfg,
                                               xp=txp, replica_mean=replica_mean, stop_gradient=torch.detach)
             return out, new.ratio_ema, stats["ratio"]
-        out, new, stats, saved = fused.train_forward(x, y, xn, torch.tensor(0.2), torch.tensor(0.3), state,
+        out, new, stats, saved = closed_form.train_forward(x, y, xn, torch.tensor(0.2), torch.tensor(0.3), state,
                                                      cfg, xp=txp, replica_mean=replica_mean)
         vjp_hook = core.step.replica_mean_for(cfg, replica_mean)  # what an adapter's backward gets
-        grads = fused.train_vjp(saved, cot, xp=txp, replica_mean=vjp_hook)
+        grads = closed_form.train_vjp(saved, cot, xp=txp, replica_mean=vjp_hook)
         return out, new.ratio_ema, stats["ratio"], grads.y, grads.x_norm
 
     local = run(False, hook)

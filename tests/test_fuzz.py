@@ -13,7 +13,7 @@ import pytest
 from aion_conformance import registry
 from aion_conformance.drivers.reference_driver import ReferenceDriver
 from aion_conformance.fuzz.runner import fuzz, load_found, replay
-from aion_conformance.runner import MUSTS
+from aion_conformance.spec.musts import MUSTS
 
 #: Examples per driver in the default run (the whole file about 2 minutes on 2 CPU cores,
 #: the jitted drivers, Flax and Keras on JAX, the slowest at about 0.3 s an example) and in

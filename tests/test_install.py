@@ -31,6 +31,8 @@ from typing import NamedTuple
 
 import pytest
 
+from frameworks import FRAMEWORKS, INSTALLS, PACKAGES, framework_of, params
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TIMEOUT = 600
@@ -47,10 +49,10 @@ CLASH = re.compile(r"overwrit|clobber|conflict|already exists|not installed", re
 WARNING = re.compile(r"warn|deprecat|!!|\berror\b", re.I)
 VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "aion_core" / "__init__.py").read_text(), re.M)[1]
 REPOSITORY = "https://github.com/aion-residual/aion-residual"
-# Import name -> folder in the tree (pyproject's package-dir).
-PACKAGES = {"aion_core": "aion_core", "aion_pytorch": "backends/aion_pytorch", "aion_keras": "backends/aion_keras",
-            "aion_flax": "backends/aion_flax", "aion_conformance": "conformance"}
-FRAMEWORKS = ["torch", "tensorflow", "keras", "jax", "flax"]  # import names
+# The frameworks' import names; PACKAGES (from tests/frameworks.py): import name -> folder in the tree.
+IMPORTS = [name for fw in FRAMEWORKS for name in fw.imports]
+# Our extras: the frameworks' (tests/frameworks.py) and the plots'.
+EXTRAS = {"report": {"matplotlib"}, **{extra: set(dists) for fw in FRAMEWORKS for extra, dists in fw.extras.items()}}
 SCRATCH_PREFIX = "aion-test-install-"
 
 
@@ -228,10 +230,8 @@ def test_wheel_holds_the_packages_their_data_and_markers(dists, pip):
         extras.setdefault(found[3], set()).add(found[1] + (found[2] or ""))
     assert set(meta.get_all("Provides-Extra")) == set(extras) - {None}
     assert extras[None] == {"numpy", "array-api-compat"}
-    assert {extra: extras[extra] for extra in ("torch", "keras", "tensorflow", "jax", "flax", "report")} == {
-        "torch": {"torch"}, "keras": {"keras"}, "tensorflow": {"keras", "tensorflow"}, "jax": {"jax"},
-        "flax": {"jax", "flax"}, "report": {"matplotlib"}}
-    assert extras["all"] == {"aion-residual[flax,jax,keras,report,tensorflow,torch]"}
+    assert {extra: extras[extra] for extra in EXTRAS} == EXTRAS
+    assert extras["all"] == {f"aion-residual[{','.join(sorted(EXTRAS))}]"}
     assert {"pytest", "hypothesis", "array-api-strict", "mypy"} <= extras["test"]
     classifiers = meta.get_all("Classifier")
     assert {"Operating System :: OS Independent", "Typing :: Typed",
@@ -239,7 +239,8 @@ def test_wheel_holds_the_packages_their_data_and_markers(dists, pip):
             *(f"Programming Language :: Python :: 3.{minor}" for minor in (10, 11, 12))} <= set(classifiers)
     # PyPI refuses an upload with a classifier it does not know.
     proc = _run([pip.python, "-c", "import sys, trove_classifiers as t;"
-                 "sys.exit(str([c for c in sys.argv[1:] if c not in t.classifiers]) if set(sys.argv[1:]) - t.classifiers else 0)",
+                 "sys.exit(str([c for c in sys.argv[1:] if c not in t.classifiers])"
+                 " if set(sys.argv[1:]) - t.classifiers else 0)",
                  *classifiers], cwd=dists.src)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -253,38 +254,25 @@ def test_sdist_holds_the_tree(dists):
     expected = {path.relative_to(dists.src).as_posix()
                 for folder in ("aion_core", "backends", "conformance", "docs", "tests", "requirements", "scripts")
                 for path in _files(dists.src / folder)}
-    expected |= {"LICENSE", "MANIFEST.in", "README.md", "noxfile.py", "mkdocs.yml", "pyproject.toml", "PKG-INFO", "setup.cfg"}
+    expected |= {"LICENSE", "MANIFEST.in", "README.md", "CHANGELOG.md", "CONTRIBUTING.md", "noxfile.py", "mkdocs.yml",
+                 "pyproject.toml", "PKG-INFO", "setup.cfg"}
     egg_info = {name for name in names if name.startswith("aion_residual.egg-info/")}
     assert egg_info, names
-    assert names - egg_info == expected, f"not expected: {sorted(names - egg_info - expected)}, missing: {sorted(expected - names)}"
-    for folder in ("docs", "tests/fixtures", "tests/keras", "tests/flax", "tests/torch", "conformance/vectors"):
+    assert names - egg_info == expected, (f"not expected: {sorted(names - egg_info - expected)}, "
+                                          f"missing: {sorted(expected - names)}")
+    for folder in ("docs", "tests/fixtures", *(f"tests/{fw.name}" for fw in FRAMEWORKS), "conformance/vectors"):
         assert any(name.startswith(folder + "/") for name in names), folder
 
 
-class Setup(NamedTuple):
-    adapter: str  # the package trained
-    extra: str  # ours, installed with the pins below: pip checks that they satisfy its ranges
-    pins: list  # distributions pinned by requirements/test.txt
-    present: list  # import names that must import; every other framework must not
-    env: dict
-
-
-# One venv each: our wheel and one framework. `[tensorflow]` names `tensorflow`, the pinned set
-# has `tensorflow-cpu` (the same modules, without CUDA), so that venv takes `[keras]` and the pin.
-SETUPS = {
-    "keras-tensorflow": Setup("aion_keras", "keras", ["keras", "tensorflow-cpu"], ["keras", "tensorflow"],
-                              {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}),
-    "keras-jax": Setup("aion_keras", "keras,jax", ["keras", "jax", "jaxlib"], ["keras", "jax"],
-                       {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}),
-    "flax": Setup("aion_flax", "flax", ["jax", "jaxlib", "flax", "optax"], ["jax", "flax", "optax"], {"JAX_PLATFORMS": "cpu"}),
-    # Last, so that its venv (torch_venv) is made right before the test after this one uses it
-    # again; this run writes torch's .pyc for that test's three (else ~3 s more each import).
-    "torch": Setup("aion_pytorch", "torch", ["torch"], ["torch"], {"PYTHONDONTWRITEBYTECODE": ""}),
-}
+# One venv each: our wheel and one framework (tests/frameworks.py lists them). The torch one
+# last, so that its venv (torch_venv) is made right before the test after this one uses it
+# again; this run writes torch's .pyc for that test's three (else ~3 s more each import).
+SETUPS = sorted(INSTALLS.values(), key=lambda setup: setup.name == "torch")
 
 # Trains 3 optimizer steps of a tiny model around the adapter's AionBlock; prints the losses
 # and the block's step_count as JSON. argv: adapter, frameworks present, frameworks absent.
-TRAIN_BLOCK = """
+# Between head and tail, the framework's own training (tests/frameworks.py) sets `losses`, `steps`.
+TRAIN_HEAD = """
 import importlib, importlib.metadata, importlib.util, json, os, sys
 import numpy as np
 
@@ -297,50 +285,16 @@ assert module.__file__.startswith(sys.prefix), module.__file__  # the installed 
 assert module.__version__ == importlib.metadata.version("aion-residual"), module.__version__
 rng = np.random.default_rng(0)
 x, y = (rng.standard_normal((32, 16), dtype=np.float32) for _ in range(2))
-if adapter == "aion_pytorch":
-    import torch
-    torch.manual_seed(0)
-    block = module.AionBlock(torch.nn.Linear(16, 16), dim=16)
-    opt = torch.optim.SGD(block.parameters(), lr=0.05)
-    losses = []
-    for _ in range(3):
-        opt.zero_grad()
-        loss = (block(torch.from_numpy(x)) - torch.from_numpy(y)).square().mean()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    steps = int(block.aion.step_count)
-elif adapter == "aion_keras":
-    import keras
-    assert keras.backend.backend() == os.environ["KERAS_BACKEND"], keras.backend.backend()
-    keras.utils.set_random_seed(0)
-    block = module.AionBlock(keras.layers.Dense(16), dim=16)
-    model = keras.Sequential([keras.Input((16,)), block])
-    model.compile(keras.optimizers.SGD(0.05), "mse")
-    losses = model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0).history["loss"]
-    steps = int(keras.ops.convert_to_numpy(block.aion.step_count))
-else:
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-    block = module.AionBlock(nnx.Linear(16, 16, rngs=nnx.Rngs(0)), 16)
-    opt = nnx.Optimizer(block, optax.sgd(0.05), wrt=nnx.Param)
-
-    @nnx.jit
-    def train_step(model, opt, x, y):
-        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
-        opt.update(model, grads)
-        return loss
-
-    losses = [float(train_step(block, opt, jnp.asarray(x), jnp.asarray(y))) for _ in range(3)]
-    steps = int(block.aion.step_count[...])
+"""
+TRAIN_TAIL = """
 print(json.dumps({"losses": [float(v) for v in losses], "step_count": steps}))
 """
 
 
-@pytest.mark.parametrize("name", SETUPS)
+@pytest.mark.parametrize("name", params(SETUPS))
 def test_trains_with_its_framework_alone(name, request, pip, wheel, venv, tmp_path):
-    setup = SETUPS[name]
+    setup = INSTALLS[name]
+    framework = framework_of(setup)
     t0 = time.perf_counter()
     if name == "torch":
         py = request.getfixturevalue("torch_venv")
@@ -349,8 +303,9 @@ def test_trains_with_its_framework_alone(name, request, pip, wheel, venv, tmp_pa
         log = pip.install(py, f"{wheel}[{setup.extra}]", *(f"{dist}=={PINS[dist]}" for dist in setup.pins))
         assert not CLASH.search(log), log
     t1 = time.perf_counter()
-    absent = [framework for framework in FRAMEWORKS if framework not in setup.present]
-    proc = _run([py, "-c", TRAIN_BLOCK, setup.adapter, " ".join(setup.present), " ".join(absent)],
+    absent = [framework_import for framework_import in IMPORTS if framework_import not in setup.present]
+    script = TRAIN_HEAD + framework.train + TRAIN_TAIL
+    proc = _run([py, "-c", script, framework.package, " ".join(setup.present), " ".join(absent)],
                 cwd=tmp_path, **{"PYTHONDONTWRITEBYTECODE": "1", **setup.env})
     print(f"\n[{name}] venv set up in {t1 - t0:.1f} s, 3 steps trained in {time.perf_counter() - t1:.1f} s")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -380,6 +335,7 @@ for name in absent:
 """
 
 
+@pytest.mark.backends("torch")
 def test_coexists_with_aion_torch_1_0_2(torch_venv, pip, wheel, tmp_path):
     py = torch_venv
     # --no-deps: aion-torch's own `torch>=2.0` must not move the pinned torch.
@@ -418,13 +374,13 @@ def test_outside_driver_runs_in_a_lean_environment(pip, wheel, venv, tmp_path):
 import importlib, importlib.metadata, sys, aion_conformance, aion_core
 assert aion_conformance.__file__.startswith(sys.prefix), aion_conformance.__file__  # the installed copy
 assert aion_core.__version__ == aion_conformance.__version__ == importlib.metadata.version("aion-residual")
-for name in ("matplotlib", "torch", "jax", "tensorflow", "keras", "flax"):
+for name in sys.argv[1:]:
     try:
         importlib.import_module(name)
     except ImportError:
         continue
     sys.exit(f"{name} imports in the lean venv")
-"""], cwd=tmp_path)
+""", "matplotlib", *IMPORTS], cwd=tmp_path)
     assert probe.returncode == 0, probe.stdout + probe.stderr
 
     def conformance(name, spec, out):

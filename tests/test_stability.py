@@ -22,22 +22,26 @@ def test_seeded_problem_is_reproducible_and_drawn_after_seeding():
 
 
 def test_every_variant_of_a_seed_starts_from_the_same_weights():
-    torch = pytest.importorskip("torch")
-    from aion_conformance.stability.torch_model import StabilityNet
-
     prob = problem.make_problem(0, 2)
-    nets = {name: StabilityNet(prob, v) for name, v in problem.VARIANTS.items()}
+    nets = {name: problem.to_net(prob, v) for name, v in problem.VARIANTS.items()}
     for name, net in nets.items():
-        assert np.array_equal(net.embed.weight.detach().numpy(), prob["embed"]), name
-        assert np.array_equal(net.head.weight.detach().numpy().T, prob["head_w"]), name
-        block = net.blocks[1].block.layer if name == "aion-block" else net.blocks[1].ff
+        assert np.array_equal(net.embed, prob["embed"]) and np.array_equal(net.head.w, prob["head_w"]), name
         gain = problem.deepnorm_constants(2)[1] if name == "post-deepnorm" else 1.0
         want = (prob["blocks"][1]["w1"] * np.float32(gain)).astype(np.float32)
-        assert np.array_equal(block[0].weight.detach().numpy().T, want), name
+        assert np.array_equal(net.blocks[1].branch[0].w, want), name
     # The fixed scale trains nothing of AION's: alpha stays 0.1.
-    assert not any(p.requires_grad for p in nets["fixed"].blocks[0].aion.parameters())
+    assert not nets["fixed"].blocks[0].aion.trainable and nets["fixed"].blocks[0].aion.beta == 0.0
+
+
+def test_the_kit_builds_each_variant_from_the_problem_weights():
+    torch = pytest.importorskip("torch")
+    from aion_conformance.frameworks.torch import blocks
+
+    prob = problem.make_problem(0, 2)
+    models = {name: blocks.Net(problem.to_net(prob, v)) for name, v in problem.VARIANTS.items()}
+    assert not any(p.requires_grad for p in models["fixed"].blocks[0].aion.parameters())
     with torch.no_grad():
-        outs = {name: net(torch.from_numpy(prob["tokens"]).long())[0] for name, net in nets.items()}
+        outs = {name: m(torch.from_numpy(prob["tokens"]))[0] for name, m in models.items()}
     assert not torch.equal(outs["standard"], outs["fixed"])  # the variants do differ
     # At initialisation LayerScale's gamma is the fixed scale's 0.1 on every channel.
     torch.testing.assert_close(outs["layerscale"], outs["fixed"], rtol=1e-6, atol=1e-6)
@@ -51,11 +55,11 @@ def test_failed_flags_crashed_and_stuck_runs_only():
 
 def test_a_deliberately_diverging_setting_is_flagged(monkeypatch):
     pytest.importorskip("torch")
-    from aion_conformance.stability import torch_model
+    from aion_conformance import registry
 
     monkeypatch.setitem(problem.VARIANTS, "lr-1", problem.Variant("lr-1", "pre", "sum", lr=1.0))
     monkeypatch.setitem(problem.VARIANTS, "lr-1e-3", problem.Variant("lr-1e-3", "pre", "sum"))
-    runs = [{"backend": "torch", "depth": 2, "seed": 0, "variant": v, **torch_model.run(0, 2, v, 30)}
+    runs = [{"backend": "torch", "depth": 2, "seed": 0, "variant": v, **problem.run(registry.kit("torch"), 0, 2, v, 30)}
             for v in ("lr-1", "lr-1e-3")]
     assert runs[0]["loss"][-1] > runs[0]["loss"][0] or not math.isfinite(runs[0]["loss"][-1])
     rows = {r["variant"]: r for r in summarize(runs, threshold=0.01)}

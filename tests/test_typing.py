@@ -22,76 +22,26 @@ from pathlib import Path
 
 import pytest
 
+from frameworks import APIS, PACKAGES
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"aion_core": "aion_core", "aion_pytorch": "backends/aion_pytorch", "aion_keras": "backends/aion_keras",
-            "aion_flax": "backends/aion_flax", "aion_conformance": "conformance"}
-TENSOR = "torch._tensor.Tensor"
-ARRAY = "jax._src.basearray.Array"
 CONFIG = "aion_core.config.AionConfig"
 
+# A user's script: the core's part here, each adapter's from tests/frameworks.py.
 HEADER = """\
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import keras  # type: ignore[import-untyped]  # keras ships no py.typed marker
 import numpy as np
-import torch
-from flax import nnx
 
 import aion_conformance
 import aion_core
-import aion_flax
-import aion_flax.linen
-import aion_keras
-import aion_pytorch
-
-x = torch.ones(2, 16)
-residual = aion_pytorch.AionResidual(alpha0=0.1, beta=0.05)
-block = aion_pytorch.AionBlock(torch.nn.Linear(16, 16), dim=16)
-out = block(x)
-k_residual = aion_keras.AionResidual(alpha0=0.1, beta=0.05)
-k_block = aion_keras.AionBlock(keras.layers.Dense(16), dim=16)
-k_out = k_block(np.ones((2, 16), "float32"))
-f_residual = aion_flax.AionResidual(alpha0=0.1, beta=0.05)
-f_block = aion_flax.AionBlock(nnx.Linear(16, 16, rngs=nnx.Rngs(0)), 16)
-l_residual = aion_flax.linen.AionResidual(alpha0=0.1, beta=0.05)
-l_block = aion_flax.linen.AionBlock(nn.Dense(16), dim=16)
-variables = l_block.init(jax.random.key(0), jnp.ones((2, 16)), deterministic=True)
-"""
+""" + "".join(api.script for api in APIS.values())
 
 # reveal_type(expression) -> what mypy must say it is.
 REVEALS = {
     "aion_core.__version__": "str",
-    "aion_pytorch.__version__": "str",
-    "aion_keras.__version__": "str",
-    "aion_flax.__version__": "str",
     "aion_conformance.__version__": "str",
     "aion_core.AionConfig(alpha0=0.1, beta=0.05)": CONFIG,
     "aion_core.initial_state(np)": "tuple[object, object, object, fallback=aion_core.state.AionState]",
-    # PyTorch: Module.__call__ is typed Any by torch itself, so the types are on forward.
-    "residual": "aion_pytorch.residual.AionResidual",
-    "residual.config": CONFIG,
-    "block": "aion_pytorch.residual.AionBlock",
-    "block.config": CONFIG,
-    "residual.forward(x, x)": f"{TENSOR} | tuple[{TENSOR}, dict[str, {TENSOR}]]",
-    "block.forward(x)": f"{TENSOR} | tuple[{TENSOR}, dict[str, {TENSOR}]]",
-    "aion_pytorch.energy(x)": TENSOR,
-    # Keras: a tensor is the backend's (Any); the structure is still declared.
-    "k_residual": "aion_keras.residual.AionResidual",
-    "k_residual.config": CONFIG,
-    "k_block": "aion_keras.residual.AionBlock",
-    "k_block.config": CONFIG,
-    "k_block.call(np.ones((2, 16)))": "Any | tuple[Any, dict[str, Any]]",
-    # Flax NNX and Linen.
-    "f_residual": "aion_flax.nnx.AionResidual",
-    "f_residual.config": CONFIG,
-    "f_block": "aion_flax.nnx.AionBlock",
-    "f_block.config": CONFIG,
-    "f_block(jnp.ones((2, 16)))": f"{ARRAY} | tuple[{ARRAY}, dict[str, {ARRAY}]]",
-    "l_residual": "aion_flax.linen.AionResidual",
-    "l_residual.config": CONFIG,
-    "l_block": "aion_flax.linen.AionBlock",
-    "l_block.config": CONFIG,
+    **{expression: kind for api in APIS.values() for expression, kind in api.reveals.items()},
 }
 MISSING_MARKER = re.compile(r"missing library stubs or py\.typed marker|Cannot find implementation or library stub")
 

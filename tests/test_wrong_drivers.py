@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from aion_conformance.drivers.reference_driver import ReferenceDriver
-from aion_conformance.runner import MUSTS, run_driver
+from aion_conformance.runner import run_driver
+from aion_conformance.spec.musts import MUSTS
 from aion_conformance.spec.cases import CASE_MUSTS
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))

@@ -16,17 +16,19 @@ import numpy as np
 from flax import nnx
 
 import aion_core as core
-from aion_core.portable import (ENTRY_DTYPES, IGNORED_ENTRIES, PARAM_NAMES, layer_entries, load_npz,
-                                save_npz)
+from aion_core import portable
 from aion_flax.linen import STATS_COLLECTION
 from aion_flax.nnx import AionResidual
+
+# The .npz files are the portable layout's, read and written with numpy alone.
+load_npz, save_npz = portable.load_npz, portable.save_npz
 
 __all__ = ["linen_from_portable", "load_npz", "nnx_from_portable", "save_npz", "to_portable"]
 
 
 def _explode(prefix: tuple, name: str, value, out: dict) -> None:
     # One 0-d entry per layer of a stacked array; a plain layer has a 0-d value already.
-    value = np.asarray(value).astype(ENTRY_DTYPES[name])
+    value = np.asarray(value).astype(portable.ENTRY_DTYPES[name])
     for index in np.ndindex(value.shape):
         out[".".join(str(p) for p in (*prefix, *index, name))] = np.asarray(value[index])
 
@@ -41,15 +43,15 @@ def _read_layer(path: tuple, shapes: Mapping[str, tuple], flat: Mapping, used: s
     if any(s != shape for s in shapes.values()):
         raise ValueError(f"AionResidual at {'.'.join(map(str, path))!r} has entries of different "
                          f"shapes {dict(shapes)}")
-    values = {name: np.empty(shape, dtype) for name, dtype in ENTRY_DTYPES.items()}
+    values = {name: np.empty(shape, dtype) for name, dtype in portable.ENTRY_DTYPES.items()}
     for index in np.ndindex(shape):
         prefix = "".join(f"{p}." for p in (*path, *index))
-        present = {name: flat[prefix + name] for name in (*ENTRY_DTYPES, *IGNORED_ENTRIES)
+        present = {name: flat[prefix + name] for name in (*portable.ENTRY_DTYPES, *portable.IGNORED_ENTRIES)
                    if prefix + name in flat}
         used.update(prefix + name for name in present)
         # A default fills a missing nonfinite_count, alpha_cached is dropped, and anything
         # missing, not 0-d, complex or not numeric raises, naming the full key.
-        for name, value in layer_entries(present, prefix).items():
+        for name, value in portable.layer_entries(present, prefix).items():
             values[name][index] = value
     return {name: jnp.asarray(value) for name, value in values.items()}
 
@@ -101,13 +103,13 @@ def to_portable(model_or_variables) -> dict[str, np.ndarray]:
     flat: dict[str, np.ndarray] = {}
     if isinstance(model_or_variables, nnx.Module):
         for path, layer in _nnx_layers(model_or_variables):
-            for name in ENTRY_DTYPES:
+            for name in portable.ENTRY_DTYPES:
                 _explode(path, name, getattr(layer, name)[...], flat)
         return flat
     stats, params = model_or_variables[STATS_COLLECTION], model_or_variables["params"]
     for path in _linen_layers(stats):
-        for name in ENTRY_DTYPES:
-            _explode(path, name, _at(params if name in PARAM_NAMES else stats, path)[name], flat)
+        for name in portable.ENTRY_DTYPES:
+            _explode(path, name, _at(params if name in portable.PARAM_NAMES else stats, path)[name], flat)
     return flat
 
 
@@ -130,7 +132,7 @@ def nnx_from_portable(model, flat: Mapping) -> None:
     used: set = set()
     reads = []
     for path, layer in _nnx_layers(model):
-        shapes = {name: tuple(getattr(layer, name)[...].shape) for name in ENTRY_DTYPES}
+        shapes = {name: tuple(getattr(layer, name)[...].shape) for name in portable.ENTRY_DTYPES}
         reads.append((layer, _read_layer(path, shapes, flat, used)))
     _check_all_used(flat, used)
     for layer, values in reads:  # all valid: now write
@@ -152,14 +154,14 @@ def linen_from_portable(variables: Mapping, flat: Mapping) -> dict:
     used: set = set()
     reads = []
     for path in list(_linen_layers(stats)):
-        shapes = {name: tuple(np.shape(_at(params if name in PARAM_NAMES else stats, path)[name]))
-                  for name in ENTRY_DTYPES}
+        shapes = {name: tuple(np.shape(_at(params if name in portable.PARAM_NAMES else stats, path)[name]))
+                  for name in portable.ENTRY_DTYPES}
         reads.append((path, _read_layer(path, shapes, flat, used)))
     _check_all_used(flat, used)
     new = {col: _copy(tree) for col, tree in variables.items()}
     for path, values in reads:
         for name, value in values.items():
-            _at(new["params"] if name in PARAM_NAMES else new[STATS_COLLECTION], path)[name] = value
+            _at(new["params"] if name in portable.PARAM_NAMES else new[STATS_COLLECTION], path)[name] = value
     return new
 
 

@@ -2,17 +2,17 @@
 
 Both module flavours reduce to :func:`aion_apply`: parameters and state in, output and
 new state out. Everything here is traceable: no Python branch reads an array value,
-and the ``k_update`` schedule is a :func:`jax.lax.cond` on the traced step counter.
+and the ``k_update`` schedule is a :func:`jax.lax.cond` on the traced step counter
+(:func:`aion_core.adapter.scheduled_train_step`).
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 
 import aion_core as core
+from aion_core import adapter
 
 
 def replica_mean_fn(axis_name):
@@ -86,16 +86,10 @@ def aion_apply(x, y, x_norm, alpha0, beta, state: core.AionState, config: core.A
         Bad inputs (from :func:`aion_core.check_inputs`), raised while tracing, before
         any state is produced.
     """
-    core.check_inputs(jnp, x, y, x_norm)
     if not train:
         out, stats = core.eval_step(x, y, alpha0, beta, state, x_norm=x_norm, xp=jnp,
                                     stop_gradient=jax.lax.stop_gradient)
         return out, state, stats
-    step = functools.partial(core.train_step, x, y, x_norm, alpha0, beta, state, config, xp=jnp,
-                             replica_mean=replica_mean_fn(axis_name),
-                             stop_gradient=jax.lax.stop_gradient)
-    if config.k_update == 1:
-        return step(update=True)
-
-    return jax.lax.cond(core.is_update_step(state.step_count, config.k_update),
-                        lambda: step(update=True), lambda: step(update=False))
+    return adapter.scheduled_train_step(x, y, x_norm, alpha0, beta, state, config, xp=jnp,
+                                        replica_mean=replica_mean_fn(axis_name),
+                                        stop_gradient=jax.lax.stop_gradient, cond=jax.lax.cond)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 import aion_core as core
+from aion_core import adapter
 from aion_flax.functional import aion_apply, cast_floating
 
 #: Variable collection that holds the running state.
@@ -166,7 +167,7 @@ class AionBlock(_Validated, nn.Module):
 
     def __post_init__(self) -> None:
         if self.dim is not None:
-            core.config.check_dim(self.dim)
+            adapter.check_dim(self.dim)
         super().__post_init__()
 
     @nn.compact

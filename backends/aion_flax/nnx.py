@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import aion_core as core
+from aion_core import adapter
 from aion_flax.functional import aion_apply, cast_floating
 
 
@@ -168,7 +169,7 @@ class AionBlock(nnx.Module):
                  sync_ratio: bool = True, *,
                  axis_name: str | None = None, deterministic: bool = False, dtype=None,
                  param_dtype=jnp.float32, rngs: nnx.Rngs | None = None) -> None:
-        self.dim = core.config.check_dim(dim)
+        self.dim = adapter.check_dim(dim)
         # LayerNorm in the two-pass variance (as torch computes it), epsilon 1e-5 (spec).
         self.norm = nnx.LayerNorm(self.dim, epsilon=1e-5, use_fast_variance=False, dtype=dtype,
                                   param_dtype=param_dtype, rngs=rngs if rngs is not None else nnx.Rngs(0))
@@ -184,12 +185,8 @@ class AionBlock(nnx.Module):
     def __call__(self, x: jax.Array, *, deterministic: bool | None = None,
                  return_stats: bool = False) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """``x`` of shape ``(..., dim)`` to the block output (and stats, see AionResidual)."""
-        error = core.block_input_error(jnp, x, self.dim)
-        if error is not None:  # shapes and dtypes only: raised while tracing
-            raise error
-        x_norm = self.norm(x)
-        return self.aion(x, self.layer(x_norm), x_norm=x_norm, deterministic=deterministic,
-                         return_stats=return_stats)
+        return adapter.block_forward(jnp, x, self.dim, self.norm, self.layer, self.aion,
+                                     deterministic=deterministic, return_stats=return_stats)
 
 
 # nnx.Module's metaclass hides ``__init__``'s signature behind ``(*args, **kwargs)``;

@@ -5,7 +5,7 @@ other. Under the JAX backend ``keras.distribution.DataParallel`` shards one jitt
 program, so the batch mean in the core is already the global mean, whatever
 ``sync_ratio`` says (there is no per-replica ratio to keep); the PyTorch backend has no
 Keras-level data parallelism. A layer with ``sync_ratio=False`` never calls the hook
-(:func:`aion_core.step.replica_mean_for`).
+(:func:`aion_core.adapter.replica_mean_for`).
 """
 
 from __future__ import annotations

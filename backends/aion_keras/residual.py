@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 import aion_core
+from aion_core import adapter
 from aion_keras import namespace as xp
 from aion_keras.distribution import replica_mean_or_none
 
@@ -17,7 +18,7 @@ if keras.backend.backend() == "torch":
     # Copies Inductor saves for the backward, and that a recomputation (keras.RematScope,
     # torch.utils.checkpoint) reads again: recomputed from the variables, they would be read
     # after the forward's in-place assign (wrong gradients, the state advanced twice).
-    from aion_pytorch.snapshot import snapshot_state as _copy_state
+    from aion_torch_ops import snapshot_state as _copy_state
 else:
     def _copy_state(y, *values):
         return aion_core.AionState(*(ops.copy(v) for v in values))
@@ -31,15 +32,9 @@ class AionResidual(keras.layers.Layer):
 
     Parameters
     ----------
-    alpha0, beta : float
-        Initial values of the trainable float32 scalars (``alpha0 > 0``, ``beta >= 0``).
-    ema_gamma : float
-        EMA factor of the stored ratio in [0, 1]; 1 means no smoothing.
-    epsilon : float
-        Added to the input energy before dividing (> 0).
-    k_update : int
-        Recompute the ratio every ``k_update`` training steps (>= 1); on the other
-        steps alpha comes from the stored ratio and the current ``alpha0``, ``beta``.
+    alpha0, beta, ema_gamma, epsilon, k_update
+        See :class:`aion_core.AionConfig`; validated there (ValueError / TypeError) and
+        kept as the attribute ``config``. ``alpha0`` and ``beta`` become float32 weights.
     sync_ratio : bool
         Under a ``tf.distribute`` strategy: True (default) all-reduces the batch ratio to
         the mean over replicas, so training equals one device holding the whole batch;
@@ -126,7 +121,17 @@ class AionResidual(keras.layers.Layer):
             # Copies: under PyTorch the assigns below write the variables in place, and the
             # backward may still need the values read here.
             state = _copy_state(y, *(getattr(self, n).value for n in _STATE_NAMES))
-            out, new_state, stats = self._train_step(x, y, x_norm, alpha0, beta, state)
+            # None with sync_ratio=False: each replica's own ratio, no all_reduce.
+            replica_mean = adapter.replica_mean_for(self.config, replica_mean_or_none())
+            # The k_update schedule depends on the step count, a tensor under jit: the device
+            # picks the step, by Keras' cond except where it cannot serve (then both steps run and
+            # one is selected): tf.distribute cannot all-reduce inside a tf.cond branch, and
+            # Keras' cond on torch is a Python `if` on the tensor (a host sync every step, a
+            # graph break under torch.compile).
+            cond = ops.cond if replica_mean is None and keras.backend.backend() != "torch" else None
+            out, new_state, stats = adapter.scheduled_train_step(
+                x, y, x_norm, alpha0, beta, state, self.config, xp=xp, replica_mean=replica_mean,
+                stop_gradient=ops.stop_gradient, cond=cond)
             # The core has validated the inputs before returning: a failed call assigns nothing.
             for name, value in zip(_STATE_NAMES, new_state):
                 getattr(self, name).assign(value)
@@ -135,36 +140,6 @@ class AionResidual(keras.layers.Layer):
             out, stats = aion_core.eval_step(x, y, alpha0, beta, state, x_norm=x_norm, xp=xp,
                                              stop_gradient=ops.stop_gradient)
         return (out, stats) if return_stats else out
-
-    def _train_step(self, x, y, x_norm, alpha0, beta, state):
-        config = self.config
-        # None with sync_ratio=False: each replica's own ratio, no all_reduce.
-        replica_mean = aion_core.step.replica_mean_for(config, replica_mean_or_none())
-
-        def step(update):
-            return aion_core.train_step(
-                x, y, x_norm, alpha0, beta, state, config, xp=xp, update=update,
-                replica_mean=replica_mean, stop_gradient=ops.stop_gradient)
-
-        if config.k_update == 1:
-            return step(True)
-        # The schedule depends on the step count, a tensor under jit: the device picks the branch.
-        aion_core.check_inputs(xp, x, y, x_norm)  # raise once, outside the traced branches
-
-        def branch(update):
-            def run():
-                out, new_state, stats = step(update)
-                return out, tuple(new_state), stats
-            return run
-
-        if replica_mean is None and keras.backend.backend() != "torch":
-            update = aion_core.is_update_step(state.step_count, config.k_update)
-            out, new_state, stats = ops.cond(update, branch(True), branch(False))
-            return out, aion_core.AionState(*new_state), stats
-        # tf.distribute cannot all-reduce inside a tf.cond branch, and Keras' cond on torch is
-        # a Python `if` on the tensor (a host sync every step, a graph break under torch.compile).
-        return aion_core.step.selected_train_step(x, y, x_norm, alpha0, beta, state, config, xp=xp,
-                                                  replica_mean=replica_mean, stop_gradient=ops.stop_gradient)
 
     def compute_output_spec(self, x, y, x_norm=None, training=None, return_stats=False):
         # A functional model built from keras.Input checks here, not first in fit().
@@ -231,13 +206,13 @@ class AionBlock(keras.layers.Layer):
                  ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1, sync_ratio: bool = True,
                  **kwargs):
         super().__init__(**kwargs)
-        self.dim = aion_core.config.check_dim(dim)
+        self.dim = adapter.check_dim(dim)
         self.norm = keras.layers.LayerNormalization(epsilon=1e-5, dtype=self.dtype_policy)
         self.layer = layer
         self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio, dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        error = aion_core.errors.block_shape_error(tuple(input_shape), self.dim)
+        error = adapter.block_shape_error(tuple(input_shape), self.dim)
         if error is not None:
             raise error
         self.norm.build(input_shape)
@@ -251,13 +226,9 @@ class AionBlock(keras.layers.Layer):
 
     def call(self, x: Tensor, training: bool | None = None,
              return_stats: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        error = aion_core.block_input_error(xp, x, self.dim)
-        if error is not None:  # shapes and dtypes only: raised while tracing
-            raise error
-        x_norm = self.norm(x)
         # training reaches self.layer through Keras' call context (not every layer takes it).
-        return self.aion(x, self.layer(x_norm), x_norm=x_norm, training=training,
-                         return_stats=return_stats)
+        return adapter.block_forward(xp, x, self.dim, self.norm, self.layer, self.aion, training=training,
+                                     return_stats=return_stats)
 
     def compute_output_spec(self, x, training=None, return_stats=False):
         return self.aion.compute_output_spec(x, x, x, return_stats=return_stats)

@@ -39,8 +39,8 @@ def replica_mean_or_none(autograd: bool = True, group=None):
     is autograd-aware, its backward all-reduces the gradient, so each rank's ratio receives
     ``(1/N) sum_j dL_j/dr`` and the gradient equals that of one process holding the whole
     batch (spec section 7). It is torch's functional all-reduce, which ``torch.compile``
-    traces. ``autograd=False`` (for the eager fused node, which runs the mean in its forward
-    and, on the gradient, in its backward, both outside autograd): a plain
+    traces. ``autograd=False`` (for the eager closed-form node, which runs the mean in its
+    forward and, on the gradient, in its backward, both outside autograd): a plain
     ``dist.all_reduce`` of a copy. Measured on 2 gloo CPU ranks (torch 2.13, shared cores),
     one 0-d all-reduce took 0.29-0.34 ms that way (0.30-0.37 ms through the deprecated
     autograd function) and 0.56-0.74 ms through the functional collective's Python wrapper
@@ -52,7 +52,7 @@ def replica_mean_or_none(autograd: bool = True, group=None):
 
     A sum divided by the group's size: gloo has no AVG, and the functional all-reduce's
     backward takes "sum" only. An ``AionConfig`` with ``sync_ratio=False`` never calls it
-    (:func:`aion_core.step.replica_mean_for`).
+    (:func:`aion_core.adapter.replica_mean_for`).
     """
     if not (dist.is_available() and dist.is_initialized()):
         return None

@@ -8,10 +8,10 @@ import torch.distributed as dist
 from torch import nn
 
 import aion_core
-from aion_core import replay
-from aion_pytorch import checks, fused, recompute
+import aion_torch_ops
+from aion_core import adapter
+from aion_pytorch import checks, closed_form
 from aion_pytorch.distributed import replica_mean_or_none
-from aion_pytorch.snapshot import snapshot_state
 
 
 def _detach(t: torch.Tensor) -> torch.Tensor:
@@ -59,15 +59,9 @@ class AionResidual(nn.Module):
 
     Parameters
     ----------
-    alpha0, beta : float
-        Initial values of the trainable float32 parameters (``alpha0 > 0``, ``beta >= 0``).
-    ema_gamma : float
-        EMA factor of the stored ratio in [0, 1]; 1 means no smoothing.
-    epsilon : float
-        Added to the input energy before dividing (> 0).
-    k_update : int
-        Recompute the ratio every ``k_update`` training steps (>= 1); on the other steps
-        alpha comes from the stored ratio and the current ``alpha0``, ``beta``.
+    alpha0, beta, ema_gamma, epsilon, k_update
+        See :class:`aion_core.AionConfig`; validated there (ValueError / TypeError) and
+        kept as the attribute ``config``. ``alpha0`` and ``beta`` become float32 parameters.
     sync_ratio : bool
         Under ``torch.distributed`` (DDP, FSDP): True (default) averages the batch ratio
         over the ranks of ``process_group`` (an all-reduce in the forward, one of its
@@ -101,7 +95,7 @@ class AionResidual(nn.Module):
 
     Activation checkpointing: a training forward that runs during a backward pass (a
     recomputation) replays the state and step its first run read and writes nothing
-    (spec section 6a, :mod:`aion_core.replay`).
+    (spec section 6a, :class:`aion_core.adapter.ReplayLog`).
     ``alpha_cached`` (read-only) is the eval alpha, as aion-torch 1.0.2 users log it.
 
     Examples
@@ -129,8 +123,8 @@ class AionResidual(nn.Module):
         # The step_count buffer the phase belongs to and its version after the layer's own
         # last write: any other buffer or version means step_count was written from outside.
         self._phase_mark = (self.step_count, _version(self.step_count))
-        # Training forwards that activation checkpointing may recompute (aion_core.replay).
-        self._replays = replay.ReplayLog()
+        # Training forwards that activation checkpointing may recompute (aion_core.adapter.ReplayLog).
+        self._replays = adapter.ReplayLog()
         self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
         self.register_load_state_dict_post_hook(AionResidual._resync_phase)
 
@@ -170,8 +164,7 @@ class AionResidual(nn.Module):
         writing to the returned tensor does not change the layer.
         """
         with torch.no_grad():
-            return aion_core.step.alpha_from_ratio(xp, self.alpha0.detach(), self.beta.detach(),
-                                                   self.ratio_ema)
+            return adapter.alpha_from_ratio(xp, self.alpha0.detach(), self.beta.detach(), self.ratio_ema)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, x_norm: torch.Tensor | None = None,
                 return_stats: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -179,7 +172,8 @@ class AionResidual(nn.Module):
         return self._step(x, y, x_norm, return_stats)
 
     def _step(self, x, y, x_norm, return_stats):
-        # x None: the scale-only form (AionScale).
+        # x None: the scale-only form (AionScale). Checked here, compile-safe, and nowhere
+        # else: every core call below takes check=False.
         stand_in = checks.check_inputs(x, y, x_norm)
         if stand_in is not None:  # only while torch.compile traces bad input: it raises when run
             return (stand_in, {}) if return_stats else stand_in
@@ -188,7 +182,7 @@ class AionResidual(nn.Module):
             # (A standard op: an exported eval graph needs nothing of this package.)
             state = aion_core.AionState(self.ratio_ema.clone(), self.step_count, self.nonfinite_count)
             out, stats = aion_core.eval_step(x, y, self.alpha0, self.beta, state, x_norm=x_norm,
-                                             xp=xp, stop_gradient=_detach)
+                                             xp=xp, stop_gradient=_detach, check=False)
             return (out, stats) if return_stats else out
         compiling = torch.compiler.is_compiling()
         tracing = not compiling and (torch.jit.is_tracing() or _functorch_transforms_active())
@@ -198,14 +192,14 @@ class AionResidual(nn.Module):
             # on the device and, compiled, the state read through snapshot_state: a
             # recomputation replays both.
             state = (aion_core.AionState(self.ratio_ema.clone(), self.step_count, self.nonfinite_count) if tracing
-                     else snapshot_state(y, self.ratio_ema, self.step_count, self.nonfinite_count))
-            step = aion_core.train_step if self.config.k_update == 1 else aion_core.step.selected_train_step
-            out, new, stats = step(x, y, x_norm, self.alpha0, self.beta, state, self.config, xp=xp,
-                                   replica_mean=replica_mean_or_none(group=self._group.value), stop_gradient=_detach)
+                     else aion_torch_ops.snapshot_state(y, self.ratio_ema, self.step_count, self.nonfinite_count))
+            out, new, stats = adapter.scheduled_train_step(
+                x, y, x_norm, self.alpha0, self.beta, state, self.config, xp=xp,
+                replica_mean=replica_mean_or_none(group=self._group.value), stop_gradient=_detach, check=False)
             self._write_state(new)
             return (out, stats) if return_stats else out
         # A checkpoint's recomputation replays the state and step its first run read, and writes nothing.
-        record = self._replays.find(recompute.fingerprint(y)) if recompute.in_recomputation() else None
+        record = self._replays.find(aion_torch_ops.fingerprint(y)) if aion_torch_ops.in_recomputation() else None
         if record is not None:
             state, phase = record.state, record.phase
         else:
@@ -215,17 +209,18 @@ class AionResidual(nn.Module):
             # A copy: autograd may save the ratio (for beta's gradient), and this or a later
             # training forward updates the buffer in place.
             state = aion_core.AionState(self.ratio_ema.clone(), self.step_count, self.nonfinite_count)
-        # One autograd node with the closed-form gradient.
-        out, new, stats = fused.train_step(x, y, x_norm, self.alpha0, self.beta, state, self.config,
-                                           update=phase == 0,
-                                           replica_mean=replica_mean_or_none(False, self._group.value))
+        # One autograd node with the closed-form gradient; the phase is step_count % k_update,
+        # so the core's schedule rule applied to it picks the step the counter would.
+        out, new, stats = closed_form.train_step(x, y, x_norm, self.alpha0, self.beta, state, self.config,
+                                                 update=aion_core.is_update_step(phase, self.config.k_update),
+                                                 replica_mean=replica_mean_or_none(False, self._group.value))
         if record is None:
             self._write_state(new)
             if self.config.k_update > 1:
                 self._phase = (phase + 1) % self.config.k_update
                 self._phase_mark = (self.step_count, _version(self.step_count))
-            if recompute.may_be_recomputed():
-                self._replays.push(state, phase, recompute.fingerprint(y))
+            if aion_torch_ops.may_be_recomputed():
+                self._replays.push(state, phase, aion_torch_ops.fingerprint(y))
         return (out, stats) if return_stats else out
 
     def _write_state(self, new: aion_core.AionState) -> None:
@@ -281,7 +276,8 @@ class AionResidual(nn.Module):
             self._resync_phase(None)
 
     def _resync_phase(self, incompatible_keys):
-        # One sync: at load time (a post-hook) or after an outside write. A meta tensor holds no value to read: the phase stays.
+        # One sync: at load time (a post-hook) or after an outside write. A meta tensor holds
+        # no value to read: the phase stays.
         if self.config.k_update > 1 and self.step_count.device.type != "meta":
             self._phase = int(self.step_count) % self.config.k_update
         self._phase_mark = (self.step_count, _version(self.step_count))
@@ -328,7 +324,7 @@ class AionBlock(nn.Module):
                  ema_gamma: float = 0.99, epsilon: float = 1e-8, k_update: int = 1,
                  sync_ratio: bool = True, process_group: dist.ProcessGroup | None = None):
         super().__init__()
-        self.dim = aion_core.config.check_dim(dim)
+        self.dim = adapter.check_dim(dim)
         self.norm = nn.LayerNorm(dim)
         self.layer = layer
         self.aion = AionResidual(alpha0, beta, ema_gamma, epsilon, k_update, sync_ratio, process_group)

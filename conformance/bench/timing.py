@@ -1,13 +1,13 @@
 """Throughput: training-step time of AION vs the plain residual, per backend and width.
 
 Each backend runs in its own process (:func:`aion_conformance.registry.call`), every width
-in that one process. Within it the variants (plain, aion, aion-k4, ...) are timed in rounds
-of one step each, in an order rotated every round, so drift of the machine and the cache
-left by the previous variant hit all alike; rounds go on until a time budget is spent.
-The overhead is the median of the per-round ratios to the plain model, ± half their
-interquartile range: one slow round (another process on the core) moves neither.
-GPU when the framework sees one (torch: ``device``), CPU otherwise; on CUDA a step is
-timed with CUDA events. Model: see :mod:`aion_conformance.bench.models`.
+in that one process, on its framework kit. Within it the variants (plain, aion, aion-k4,
+and the kit's own residual kinds) are timed in rounds of one step each, in an order rotated
+every round, so drift of the machine and the cache left by the previous variant hit all
+alike; rounds go on until a time budget is spent. The overhead is the median of the
+per-round ratios to the plain model, ± half their interquartile range: one slow round
+(another process on the core) moves neither. GPU when the framework sees one; a kit that
+measures device time itself (CUDA events) reports it. Model: :mod:`aion_conformance.bench.problem`.
 """
 
 from __future__ import annotations
@@ -17,33 +17,43 @@ import sys
 import time
 from pathlib import Path
 
-from aion_conformance import original, registry
-from aion_conformance.bench.models import FLOOR
+from aion_conformance import registry
+from aion_conformance.bench.problem import VARIANTS, data, make_net
+from aion_conformance.frameworks.optimizers import AdamW
 from aion_conformance.plotting import pyplot
 
-#: Backends with a benchmark step, in registry order.
-BACKENDS = [name for name, b in registry.BACKENDS.items() if b.bench]
-VARIANTS = ("plain", "aion", "aion-k4")
-ORIGINAL = "aion-torch-1.0.2"  # timed beside ours on torch when installed
+#: Backends that run the benchmark, in registry order.
+BACKENDS = registry.with_problem("bench")
+#: Every kit's own residual kinds, in registry order.
+EXTRAS = list(dict.fromkeys(e for name in BACKENDS for e in registry.BACKENDS[name].extras))
+
+
+def _buildable(kit, variant: str, compiled) -> bool:
+    if variant not in kit.EXTRA_RESIDUALS:
+        return True
+    cls = kit.EXTRA_RESIDUALS[variant]()
+    return cls is not None and not (compiled and getattr(cls, "eager_only", False))
 
 
 def bench_backend(backend: str, widths: list[int], variants: list[str], seconds: float, warmup: int,
-                  batch: int, seq: int, device: str = "auto", compiled: bool = False) -> list[dict]:
-    """Every width of one backend in this process: one row per width (and per mode on torch)."""
-    make = registry.load(registry.BACKENDS[backend].bench)
-    variants = list(variants)
-    if backend == "torch" and ORIGINAL not in variants and original.load() is not None:
-        variants.append(ORIGINAL)
-    # torch, and Keras on torch (jit_compile: torch.compile), also run compiled when asked.
-    modes = [False, True] if backend in ("torch", "keras-torch") and compiled else [False]
+                  batch: int, seq: int, compiled: bool = True) -> list[dict]:
+    """Every width of one backend in this process: one row per width and bench mode.
+
+    ``variants`` may name residual kinds of any kit: those this kit lacks, or cannot build
+    here (not installed; eager-only under compilation), are left out. ``compiled`` False
+    keeps the backend's first bench mode only.
+    """
+    kit = registry.kit(backend)
+    modes = registry.BACKENDS[backend].bench_modes
     rows = []
     for width in widths:
-        for mode in modes:
-            extra = ({"device": device, "compiled": mode} if backend == "torch"
-                     else {"jit": mode} if backend == "keras-torch" else {})
-            # The floor is an eager bound: eager only. The original compiles with graph breaks
-            # (it reads its ratio on the host, .item()), as its users' torch.compile(model) does.
-            made = {v: make(width, v, batch, seq, **extra) for v in variants if not (mode and v == FLOOR)}
+        x, target = (kit.from_numpy(a, "float32") for a in data(batch, seq, width))
+        for mode in modes if compiled else modes[:1]:
+            made = {}
+            for v in variants:
+                if (v in VARIANTS or v in kit.EXTRA_RESIDUALS) and _buildable(kit, v, mode):
+                    train = kit.trainer(kit.build(make_net(width, v)), AdamW(), compiled=mode, observe=False)
+                    made[v] = (lambda train=train: train(x, target), train.label)
             rows.append(_time_variants(backend, width, made, seconds, warmup))
     return rows
 
@@ -60,7 +70,7 @@ def _time_variants(backend, width, made, seconds, warmup, min_rounds=10, max_rou
         k = rounds % len(variants)
         for v in variants[k:] + variants[:k]:
             t0 = time.perf_counter()
-            device_seconds = made[v][0]()  # CUDA steps return their event time; others None
+            device_seconds = made[v][0]()  # a kit that times the device itself returns it; else None
             times[v].append(device_seconds if device_seconds is not None else time.perf_counter() - t0)
         rounds += 1
     label = made["plain"][1]
@@ -80,8 +90,7 @@ def _half_iqr(values: list[float]) -> float:
     return (q3 - q1) / 2
 
 
-def run_benchmarks(backends, widths, seconds, warmup, batch, seq, variants=VARIANTS, device="auto",
-                   compiled=False) -> list[dict]:
+def run_benchmarks(backends, widths, seconds, warmup, batch, seq, variants=VARIANTS, compiled=True) -> list[dict]:
     """Every backend, each in a process of its own running all its widths; progress shown as it comes."""
     rows = []
     for i, backend in enumerate(backends, 1):
@@ -89,14 +98,23 @@ def run_benchmarks(backends, widths, seconds, warmup, batch, seq, variants=VARIA
               f"steps, then rounds of {', '.join(variants)} for {seconds:g} s per width", flush=True)
         try:
             rows += registry.call(f"{__name__}:bench_backend", backend, widths, list(variants), seconds, warmup,
-                                  batch, seq, device, compiled, backend=backend, echo=True)
+                                  batch, seq, compiled, backend=backend, echo=True)
         except registry.BackendError as e:
             print(f"    {backend} failed: {e}", flush=True)
     return rows
 
 
+def expected_rows(backends, widths, compiled=True) -> int:
+    """How many rows :func:`run_benchmarks` gives when every backend runs."""
+    return sum(len(widths) * (len(registry.BACKENDS[b].bench_modes) if compiled else 1) for b in backends)
+
+
+def _shown(rows: list[dict]) -> list[str]:
+    return [v for v in (*VARIANTS[1:], *EXTRAS) if any(v in r["overhead"] for r in rows)]
+
+
 def table(rows: list[dict]) -> list[str]:
-    shown = [v for v in (*VARIANTS[1:], ORIGINAL, FLOOR) if any(v in r["overhead"] for r in rows)]
+    shown = _shown(rows)
     lines = ["| backend | device | D | rounds | plain ms | " + " | ".join(f"{v} ms" for v in shown) + " | "
              + " | ".join(f"{v} / plain" for v in shown) + " |", "|---" * (5 + 2 * len(shown)) + "|"]
     for r in rows:
@@ -116,7 +134,7 @@ def plot(rows: list[dict], path: Path) -> None:
     if plt is None or not rows:
         return
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 3.8))
-    shown = [v for v in (*VARIANTS[1:], ORIGINAL, FLOOR) if any(v in r["overhead"] for r in rows)]
+    shown = _shown(rows)
     width = 0.8 / len(shown)
     for j, v in enumerate(shown):
         ax.bar([i + width * j for i in range(len(rows))], [r["overhead"].get(v, 0.0) for r in rows], width,

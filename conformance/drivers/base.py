@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from aion_conformance.drivers.protocol import DEFAULT_EXECUTION, FLOAT_DTYPES, INPUTS, CheckResult, dtype_name, input_dtype
+from aion_conformance.drivers.protocol import (DEFAULT_EXECUTION, FLOAT_DTYPES, INPUTS, CheckResult, dtype_name,
+                                               input_dtype)
+from aion_conformance.frameworks.optimizers import FLOAT16_LOSS_SCALE
 from aion_conformance.spec.cases import output_dtype_name
 
 
@@ -42,11 +44,6 @@ def all_floating(dtype) -> bool:
     return all(d in FLOAT_DTYPES for d in (dtype.values() if isinstance(dtype, dict) else [dtype]))
 
 
-#: Loss scale of the executions that compute in float16 (Keras mixed_float16, Flax
-#: dtype=float16), as users train in float16: small gradients would underflow without it.
-#: (keras.optimizers.LossScaleOptimizer starts at 2**15, which overflows float16 gradients
-#: of these unit-scale cases; it would then lower the scale and skip the step.)
-FLOAT16_LOSS_SCALE = 2.0**10
 
 
 def loss_scale(execution) -> float:

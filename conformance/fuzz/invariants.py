@@ -33,7 +33,8 @@ import math
 import numpy as np
 
 from aion_conformance.drivers.protocol import Execution, has_grads
-from aion_conformance.runner import MUSTS, input_dtypes, runs_under
+from aion_conformance.runner import input_dtypes, runs_under
+from aion_conformance.spec.musts import MUSTS
 from aion_conformance.spec.cases import output_dtype_name
 from aion_conformance.spec.tolerance import round_to
 

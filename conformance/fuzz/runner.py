@@ -30,7 +30,8 @@ from aion_conformance.fuzz.invariants import check_invariants
 from aion_conformance.fuzz.strategies import beyond_cases, error_cases, vector_cases
 from aion_conformance.registry import load_driver
 from aion_conformance.runner import run_call_error, run_vector, runs_under
-from aion_conformance.spec.golden import _dumps, decode, encode, expected_case
+from aion_conformance.spec.golden import _dumps, expected_case
+from aion_conformance.spec.json_numbers import decode, encode
 
 #: Progress lines (with ``progress``) about this many times a run, at most every 10 examples.
 _PROGRESS_LINES = 20

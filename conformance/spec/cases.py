@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aion_conformance.spec.json_numbers import decode
 from aion_conformance.spec.reference import reference_call
 from aion_conformance.spec.tolerance import RTOL, round_to
 from aion_core import STATE_SPEC, AionConfig
@@ -196,8 +197,6 @@ FOUND_DIR = Path(__file__).parent / "found"
 
 def found_cases() -> list[dict]:
     """The cases of :data:`FOUND_DIR`, as :func:`vector_cases` builds its own (no expected values)."""
-    from aion_conformance.spec.golden import decode
-
     return [decode(json.loads(path.read_text())) for path in sorted(FOUND_DIR.glob("*.json"))]
 
 

@@ -8,50 +8,18 @@ as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` so the files stay stan
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 import aion_core as core
 from aion_conformance.spec.cases import CONFIG_ERRORS, call_error_cases, vector_cases
+from aion_conformance.spec.json_numbers import decode, encode
 from aion_conformance.spec.reference import reference_call
 from aion_conformance.spec.tolerance import round_to
 
 #: The committed vector files (beside the package, where outside implementers find them).
 VECTOR_DIR = Path(__file__).parent.parent / "vectors"
-_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-def encode(value):
-    if isinstance(value, np.ndarray):
-        return encode(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [encode(v) for v in value]
-    if isinstance(value, dict):
-        return {k: encode(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
-
-
-def decode(value):
-    """JSON value back to numbers; nested lists become float64 arrays."""
-    if isinstance(value, str):
-        return _NONFINITE.get(value, value)
-    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
-        return [decode(v) for v in value]
-    if isinstance(value, list):
-        return np.asarray(_decode_list(value), dtype=np.float64)
-    if isinstance(value, dict):
-        return {k: decode(v) for k, v in value.items()}
-    return value
-
-
-def _decode_list(value):
-    return [_decode_list(v) if isinstance(v, list) else _NONFINITE.get(v, v) for v in value]
-
-
 def expected_case(case: dict) -> dict:
     """Run the reference over one case's calls; the result is what the JSON file holds."""
     config = core.AionConfig(**case["config"])

@@ -4,9 +4,10 @@
     python -m aion_conformance.stability --full          # 100, 600 and 1000 layers: for a GPU
     python -m aion_conformance.stability --depths 8 64 --seeds 5 --backends torch flax-nnx
 
-torch trains every variant at every depth for every seed; the other backends train seed 0
-at the check depths for ``--check-steps`` steps, and their loss, gradient-norm and alpha
-curves must match torch's to float32 tolerance over the first steps. Writes
+The sweeping backend (the registry's ``sweeps``) trains every variant at every depth for
+every seed; the other backends train seed 0 at the check depths for ``--check-steps`` steps,
+and their loss, gradient-norm and alpha curves must match its curves to float32 tolerance
+over the first steps. Writes
 ``stability.md``, ``stability.json`` and ``stability_*.png`` into ``--out``; exits non-zero
 when the cross-backend check fails (a variant that fails to train is a result, not an error).
 """
@@ -23,30 +24,32 @@ from pathlib import Path
 from aion_conformance import registry
 from aion_conformance.stability import problem
 from aion_conformance.stability.report import cross_table, plot, summarize, table
+from aion_conformance.registry import SWEEPS
 from aion_conformance.stability.runner import COMPARE_STEPS, TOLERANCE, cross_backend, run_sweep
 
-BACKENDS = [name for name, b in registry.BACKENDS.items() if b.stability]
+BACKENDS = registry.with_problem("stability")
 DEFAULT_DEPTHS, FULL_DEPTHS = [8, 32], [100, 600, 1000]
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m aion_conformance.stability", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--depths", nargs="+", type=int, help=f"torch's depths (default {DEFAULT_DEPTHS}; "
+    p.add_argument("--depths", nargs="+", type=int, help=f"{SWEEPS}'s depths (default {DEFAULT_DEPTHS}; "
                    f"--full: {FULL_DEPTHS})")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default 3)")
     p.add_argument("--steps", type=int, default=problem.STEPS)
     p.add_argument("--variants", nargs="+", default=list(problem.VARIANTS), choices=list(problem.VARIANTS))
     p.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS,
-                   help="torch runs the sweep, the others the cross-backend check")
+                   help=f"{SWEEPS} runs the sweep, the others the cross-backend check")
     p.add_argument("--check-depths", nargs="+", type=int, help="the other backends' depths (default: "
-                   "torch's smallest; --full: 16)")
+                   f"{SWEEPS}'s smallest; --full: 16)")
     p.add_argument("--check-steps", type=int, help="the other backends' steps (default 20; --full: all); "
                    f"the first {COMPARE_STEPS} are checked")
     p.add_argument("--threshold", type=float, default=0.01, help="the loss 'steps to' counts to")
     p.add_argument("--jobs", type=int, help="backend processes at a time, one CPU thread each "
                    "(default: the CPU count; --full: 1)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch's device")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help=f"the device of the backends that read ${registry.DEVICE_ENV}")
     p.add_argument("--full", action="store_true", help=f"the original's depths {FULL_DEPTHS}, "
                    "meant for a GPU")
     p.add_argument("--out", type=Path, default=Path("reports"))
@@ -61,16 +64,16 @@ def main(argv=None) -> int:
     jobs = args.jobs or (1 if args.full else os.cpu_count() or 1)
     os.environ[registry.DEVICE_ENV] = args.device
     seeds = list(range(args.seeds))
-    groups = [("torch", s, d, args.variants, args.steps, s == 0) for d in depths for s in seeds]
-    groups += [("torch", 0, d, args.variants, check_steps, True) for d in check_depths if d not in depths]
-    groups += [(b, 0, d, args.variants, check_steps, True) for b in args.backends if b != "torch"
+    groups = [(SWEEPS, s, d, args.variants, args.steps, s == 0) for d in depths for s in seeds]
+    groups += [(SWEEPS, 0, d, args.variants, check_steps, True) for d in check_depths if d not in depths]
+    groups += [(b, 0, d, args.variants, check_steps, True) for b in args.backends if b != SWEEPS
                for d in check_depths]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     start = time.perf_counter()
     runs = run_sweep(groups, jobs)
     wall = time.perf_counter() - start
-    # torch's own check-depth runs (not part of the sweep) serve the comparison only.
-    sweep = [r for r in runs if r["backend"] == "torch" and r["depth"] in depths]
+    # The sweeping backend's own check-depth runs (not part of the sweep) serve the comparison only.
+    sweep = [r for r in runs if r["backend"] == SWEEPS and r["depth"] in depths]
     rows = summarize(sweep, args.threshold)
     checks = cross_backend(runs)
     passed = all(c["passed"] for c in checks)
@@ -83,14 +86,14 @@ def main(argv=None) -> int:
                          "vocab": problem.VOCAB, "lr": problem.LR, "crash_lr": problem.CRASH_LR,
                          "betas": problem.BETAS, "adam_eps": problem.ADAM_EPS, "clip_norm": problem.CLIP_NORM,
                          "ln_eps": problem.LN_EPS, "scale": problem.SCALE, "aion_beta": problem.AION_BETA}}
-    lines = [f"{len(sweep)} torch runs and {len(runs) - len(sweep)} others in {wall / 60:.1f} min "
+    lines = [f"{len(sweep)} {SWEEPS} runs and {len(runs) - len(sweep)} others in {wall / 60:.1f} min "
              f"({jobs} processes at a time, {os.cpu_count()} CPUs, load average at start "
              f"{'/'.join(f'{v:.1f}' for v in load) if load else 'n/a'}; {', '.join(devices)})", "",
              "Variants:", "", *[f"- `{v.name}` ({v.setting}): {v.doc}" for v in problem.VARIANTS.values()
                                 if v.name in args.variants], "",
              *table(rows, args.threshold), "",
              f"Cross-backend check: seed 0, depth {', '.join(map(str, check_depths))}, every variant; worst "
-             f"relative deviation from torch over the first {COMPARE_STEPS} steps", "",
+             f"relative deviation from {SWEEPS} over the first {COMPARE_STEPS} steps", "",
              *cross_table(checks, TOLERANCE)]
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -8,16 +8,23 @@ MSE to a random target; AdamW (lr 1e-3, betas 0.9/0.95, eps 1e-8, no weight deca
 gradient clipping at global norm 10, :data:`STEPS` steps.
 
 Every framework draws nothing itself: weights and data come from :func:`make_problem`
-(numpy, float32, ``[in, out]`` kernels) and are loaded into the framework's layers, so a
-backend process only needs ``(seed, depth)`` to rebuild the exact problem.
+(numpy, float32, ``[in, out]`` kernels), a variant's network from :func:`to_net`, and each
+backend's kit builds and trains it (:func:`run`), so a backend process only needs
+``(seed, depth)`` to rebuild the exact problem.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+from aion_conformance.frameworks import net
+from aion_conformance.frameworks.net import LN_EPS  # noqa: F401 - part of the protocol the report states
+from aion_conformance.frameworks.optimizers import AdamW
 
 DIM, SEQ, BATCH, VOCAB = 128, 64, 2, 1000
 STEPS = 150
@@ -26,8 +33,6 @@ LR, BETAS, ADAM_EPS, CLIP_NORM = 1e-3, (0.9, 0.95), 1e-8, 10.0
 CRASH_LR = 1e-2
 #: A run failed when a loss is not finite or its last loss is above this fraction of its first.
 FAILED_FRACTION = 0.5
-#: LayerNorm epsilon everywhere (torch's default; AionBlock's in every framework).
-LN_EPS = 1e-5
 #: The fixed scale, LayerScale's initial value and AION's alpha0 (the original's default).
 SCALE = 0.1
 #: AION's beta (the original's default).
@@ -117,37 +122,50 @@ def make_problem(seed: int, depth: int, dim: int = DIM, seq: int = SEQ, batch: i
             "head_w": head_w, "head_b": head_b, "seed": seed, "depth": depth}
 
 
-def branch_weights(problem: dict, variant: Variant, index: int) -> dict[str, np.ndarray]:
-    """Block ``index``'s branch weights for ``variant``: the problem's, DeepNorm's scaled."""
-    block = problem["blocks"][index]
-    if variant.residual != "deepnorm":
-        return block
-    _, gain = deepnorm_constants(problem["depth"])
-    return {k: (v * np.float32(gain)).astype(np.float32) if k.startswith("w") else v for k, v in block.items()}
+def to_net(problem: dict, variant: Variant) -> net.Net:
+    """The network of one variant, from the problem's weights (DeepNorm's branch scaled)."""
+    depth = problem["depth"]
+    skip_gain, gain = deepnorm_constants(depth) if variant.residual == "deepnorm" else (1.0, 1.0)
+    blocks = []
+    for w in problem["blocks"]:
+        branch = (net.Dense(w["w1"] * np.float32(gain), w["b1"], "gelu"),
+                  net.Dense(w["w2"] * np.float32(gain), w["b2"]))
+        ln = None if variant.norm == "none" else net.Norm.fresh(w["w1"].shape[0])
+        residual, aion = variant.residual, None
+        if residual in ("fixed", "aion", "aion-block"):
+            fixed = residual == "fixed"
+            aion = net.Aion(SCALE, 0.0 if fixed else AION_BETA, trainable=not fixed)  # fixed: alpha = 0.1
+            residual = "aion" if fixed else residual
+        blocks.append(net.Block(residual, variant.norm, branch, ln, aion, gamma=SCALE, skip_gain=skip_gain))
+    dim = problem["pos"].shape[-1]
+    return net.Net(tuple(blocks), problem["embed"], problem["pos"], net.Norm.fresh(dim),
+                   net.Dense(problem["head_w"], problem["head_b"]))
 
 
-def wire(variant: Variant, x, block, ff, norm, aion, layerscale, skip_gain: float):
-    """A block's ``(out, scale)`` from the framework's parts.
+def run(kit, seed: int, depth: int, variant: str, steps: int, record_scale: bool = False) -> dict:
+    """Train one variant on ``kit``; per step the loss, the global gradient norm before
+    clipping and, with ``record_scale``, every block's scale.
 
-    ``block(x) -> (out, stats)``: the AionBlock (``"aion-block"`` only); ``ff(x)`` and
-    ``norm(x)``: the branch and the LayerNorm; ``aion(x, y) -> (out, stats)``;
-    ``layerscale(y) -> (gamma * y, mean gamma)``; ``skip_gain``: DeepNorm's ``a`` (else 1).
-    ``scale`` is AION's alpha, LayerScale's mean gamma, or None.
+    Stops at the first non-finite loss (the run has crashed; nothing after it is data).
     """
-    if variant.residual == "aion-block":
-        out, stats = block(x)
-        return out, stats["alpha"]
-    y = ff(norm(x) if variant.norm == "pre" else x)
-    scale = None
-    if variant.residual in ("fixed", "aion"):
-        out, stats = aion(x, y)
-        scale = stats["alpha"]
-    elif variant.residual == "layerscale":
-        scaled, scale = layerscale(y)
-        out = x + scaled
-    else:
-        out = skip_gain * x + y if variant.residual == "deepnorm" else x + y
-    return (norm(out) if variant.norm == "post" else out), scale
+    problem = make_problem(seed, depth)
+    spec = VARIANTS[variant]
+    model = kit.build(to_net(problem, spec))
+    train = kit.trainer(model, AdamW(spec.lr, BETAS, ADAM_EPS), clip=CLIP_NORM)
+    tokens, target = kit.from_numpy(problem["tokens"], "int32"), kit.from_numpy(problem["target"], "float32")
+    record = record_scale and spec.residual in SCALED
+    losses, norms, scales = [], [], []
+    start = time.perf_counter()
+    for _ in range(steps):
+        step = train(tokens, target)
+        losses.append(step.loss)
+        norms.append(step.grad_norm)
+        if record:
+            scales.append(step.scales)
+        if not math.isfinite(losses[-1]):
+            break
+    return {"loss": losses, "grad_norm": norms, "scale": scales if record else None,
+            "seconds": time.perf_counter() - start, "device": train.label}
 
 
 def failed(losses: list[float]) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from aion_conformance.plotting import pyplot
+from aion_conformance.registry import SWEEPS
 from aion_conformance.stability.problem import FAILED_FRACTION, VARIANTS, failed
 
 
@@ -15,7 +16,7 @@ def _steps_to(losses: list[float], threshold: float) -> int | None:
     return next((i + 1 for i, v in enumerate(losses) if v <= threshold), None)
 
 
-def summarize(runs: list[dict], threshold: float, backend: str = "torch") -> list[dict]:
+def summarize(runs: list[dict], threshold: float, backend: str = SWEEPS) -> list[dict]:
     """One row per depth and variant of ``backend``'s runs, over the seeds.
 
     ``final_mean``, ``final_std``: the last loss, mean and sample standard deviation
@@ -61,17 +62,17 @@ def table(rows: list[dict], threshold: float) -> list[str]:
 
 
 def cross_table(rows: list[dict], tolerance: float) -> list[str]:
-    """Markdown lines of the cross-backend check (worst relative deviation from torch)."""
+    """Markdown lines of the cross-backend check (worst relative deviation from the sweeping backend)."""
     lines = ["| backend | depth | runs | loss | grad norm | alpha / scale | status | loss, every step run |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['backend']} | {r['depth']} | {r['runs']} | {r['loss']:.1e} | {r['grad_norm']:.1e} | "
                      f"{r['scale']:.1e} | {'pass' if r['passed'] else '**FAIL**'} | {r['loss_all_steps']:.1e} |")
     return lines + ["", f"Pass: every one of the first {rows[0]['steps'] if rows else '-'} steps within float32's "
-                    f"tolerance of torch ({tolerance:g}, relative); the last column is not checked."]
+                    f"tolerance of {SWEEPS} ({tolerance:g}, relative); the last column is not checked."]
 
 
-def plot(runs: list[dict], outdir: Path, backend: str = "torch") -> list[Path]:
+def plot(runs: list[dict], outdir: Path, backend: str = SWEEPS) -> list[Path]:
     """``stability_loss.png``, ``stability_grad_norm.png`` (one panel per depth, every variant,
     seed 0 as a line and the seeds' range shaded) and ``stability_alpha.png`` (per-layer
     scale over the steps, seed 0, the deepest depth, one heatmap per adaptive or trained scale)."""

@@ -15,13 +15,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from aion_conformance import registry
 from aion_conformance.spec.tolerance import RTOL, compare
-from aion_conformance.stability.problem import VARIANTS
+from aion_conformance.stability.problem import VARIANTS, run
 
 #: One CPU thread per backend process (torch, TensorFlow, XLA).
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
               "TF_NUM_INTEROP_THREADS": "1",
               "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
-#: Steps over which every backend's curves must match torch's, at float32 tolerance. Later,
+#: Steps over which every backend's curves must match the sweeping backend's, at float32 tolerance. Later,
 #: float32 rounding amplified by training moves curves apart (post-LN at lr 1e-2 by ~1e-5
 #: after 15-20 steps): the report gives that drift too, unchecked.
 COMPARE_STEPS = 10
@@ -33,10 +33,10 @@ TOLERANCE = RTOL["float32"]
 def train_group(backend: str, seed: int, depth: int, variants: list[str], steps: int,
                 record_scale: bool) -> list[dict]:
     """In the backend's own process: every variant of one ``(seed, depth)``, one after another."""
-    run = registry.load(registry.BACKENDS[backend].stability)
+    kit = registry.kit(backend)
     results = []
     for variant in variants:
-        result = run(seed, depth, variant, steps, record_scale)
+        result = run(kit, seed, depth, variant, steps, record_scale)
         results.append({"backend": backend, "depth": depth, "seed": seed, "variant": variant, **result})
         print(f"{backend} depth {depth} seed {seed} {variant}: loss {result['loss'][0]:.3g} -> "
               f"{result['loss'][-1]:.3g} in {result['seconds']:.1f} s", file=sys.stderr, flush=True)
@@ -83,7 +83,7 @@ def run_sweep(groups: list[tuple], jobs: int, thread_env: bool = True) -> list[d
     return sorted(runs, key=lambda r: (r["backend"], r["depth"], r["seed"], list(VARIANTS).index(r["variant"])))
 
 
-def cross_backend(runs: list[dict], reference: str = "torch", steps: int = COMPARE_STEPS) -> list[dict]:
+def cross_backend(runs: list[dict], reference: str = registry.SWEEPS, steps: int = COMPARE_STEPS) -> list[dict]:
     """Each other backend's runs against the reference's of the same depth, seed and variant.
 
     Loss, gradient norm and per-layer scale are compared step by step over the first

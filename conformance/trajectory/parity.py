@@ -19,19 +19,25 @@ from aion_conformance import registry
 from aion_conformance.drivers.protocol import CheckResult
 from aion_conformance.plotting import pyplot
 from aion_conformance.trajectory import reference
+from aion_conformance.spec.musts import MUSTS
 from aion_conformance.trajectory.problem import (TOLERANCE, deviation, load_checkpoint, make_problem,
                                                  resume, save_checkpoint)
+from aion_conformance.trajectory.problem import run as train_on
 
 STEPS = 20
 RESUME_AT = 10  # checkpoints are exported after this many steps and training resumes elsewhere
 REFERENCE = "reference"
 
 
-def train(target: str, checkpoint_out: str | None, starts: list[str]) -> dict:
-    """In this process, with the model ``target`` ("module:function"): the full run (and its
-    checkpoint at ``RESUME_AT`` written to ``checkpoint_out``), or, given checkpoints to start
-    from, the remaining steps from each, keyed by the checkpoint's file stem."""
-    run = registry.load(target)
+def train(backend: str, checkpoint_out: str | None, starts: list[str]) -> dict:
+    """In ``backend``'s process, on its kit: the full run (and its checkpoint at ``RESUME_AT``
+    written to ``checkpoint_out``), or, given checkpoints to start from, the remaining steps
+    from each, keyed by the checkpoint's file stem."""
+    kit = registry.kit(backend)
+
+    def run(problem, steps):
+        return train_on(kit, problem, steps)
+
     problem = make_problem()
     if not starts:
         save_checkpoint(run(problem, RESUME_AT)["checkpoint"], checkpoint_out)
@@ -76,8 +82,6 @@ def hook_checks(driver) -> list[CheckResult]:
             save_checkpoint(checkpoint, Path(tmp) / "checkpoint.npz")
             return load_checkpoint(Path(tmp) / "checkpoint.npz")
 
-    from aion_conformance.runner import MUSTS  # the runner imports this module
-
     check("trajectory", f"{STEPS} SGD steps vs the float64 reference", MUSTS["trajectory"],
           lambda: train(problem, STEPS), ref)
     ref_start = through_file(reference.run(problem, RESUME_AT)["checkpoint"])
@@ -91,8 +95,7 @@ def hook_checks(driver) -> list[CheckResult]:
 
 def _train_on(backend: str, *args):
     try:
-        return registry.call(f"{__name__}:train", registry.BACKENDS[backend].trajectory, *args,
-                             backend=backend), None
+        return registry.call(f"{__name__}:train", backend, *args, backend=backend), None
     except registry.BackendError as e:
         return None, " / ".join(str(e).splitlines()[-3:])
 

@@ -1,10 +1,10 @@
 """A small pre-norm AION network trained a few SGD steps: the cross-framework trajectory problem.
 
-Model: ``h = x``; per block ``xn = LayerNorm(h)``, ``y = tanh(xn @ w + b)``,
+Model: ``h = x``; per block an AionBlock: ``xn = LayerNorm(h)``, ``y = tanh(xn @ w + b)``,
 ``h = AionResidual(h, y, x_norm=xn)``; loss ``mean((h - target)**2)``; plain SGD with
 ``lr`` on every parameter (alpha0, beta, LayerNorm scale/bias, w, b). Every framework
-starts from the same numpy weights, so losses and per-block alphas can be compared
-step by step.
+builds it from the same numpy weights (:func:`to_net`) with its kit and trains it with
+:func:`run`, so losses and per-block alphas can be compared step by step.
 
 A run can start from a *network checkpoint*: the portable layout of spec section 9
 (:mod:`aion_core.portable`) with one path per block, ``"blocks.<i>.<name>"``, ``<name>``
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from aion_core import STATE_SPEC, portable
+from aion_conformance.frameworks import net
+from aion_conformance.frameworks.net import LN_EPS
+from aion_conformance.frameworks.optimizers import Sgd
 from aion_conformance.spec.tolerance import RTOL, compare
+from aion_core import STATE_SPEC, portable
 
 WEIGHT_KEYS = ("ln_scale", "ln_bias", "w", "b")
-#: The LayerNorm epsilon of the problem, the one AionBlock builds in (spec).
-LN_EPS = 1e-5
 #: A trained float32 run passes when it stays this close to the float64 reference.
 TOLERANCE = RTOL["float32"]
 
@@ -49,6 +50,37 @@ def block_aion(problem: dict, block: dict) -> dict[str, np.ndarray]:
     fresh = {"alpha0": problem["alpha0"], "beta": problem["beta"],
              **{name: spec[2] for name, spec in STATE_SPEC.items()}}
     return portable.layer_entries({**fresh, **{k: v for k, v in block.items() if k not in WEIGHT_KEYS}})
+
+
+def to_net(problem: dict) -> net.Net:
+    """The problem's network: one AionBlock with a ``tanh`` dense branch per block."""
+    blocks = []
+    for p in problem["blocks"]:
+        aion = block_aion(problem, p)
+        blocks.append(net.Block(
+            "aion-block", "pre", (net.Dense(p["w"], p["b"], "tanh"),), net.Norm(p["ln_scale"], p["ln_bias"],
+                                                                                 problem["ln_eps"]),
+            net.Aion(float(aion.pop("alpha0")), float(aion.pop("beta")), state=aion)))
+    return net.Net(tuple(blocks))
+
+
+def blocks_of(spec: net.Net) -> list[dict]:
+    """Per-block weights and AION entries of a trained :func:`to_net` network."""
+    return [{"ln_scale": b.ln.scale, "ln_bias": b.ln.bias, "w": b.branch[0].w, "b": b.branch[0].b,
+             "alpha0": b.aion.alpha0, "beta": b.aion.beta, **b.aion.state} for b in spec.blocks]
+
+
+def run(kit, problem: dict, steps: int = 20) -> dict:
+    """Train on ``kit``; loss and per-block alpha of every step's forward, and the final checkpoint."""
+    model = kit.build(to_net(problem))
+    train = kit.trainer(model, Sgd(problem["lr"]))
+    x, target = (kit.from_numpy(problem[k], "float32") for k in ("x", "target"))
+    losses, alphas = [], []
+    for _ in range(steps):
+        step = train(x, target)
+        losses.append(step.loss)
+        alphas.append(step.scales)
+    return {"loss": losses, "alpha": alphas, "checkpoint": to_checkpoint(blocks_of(kit.read(model)))}
 
 
 def to_checkpoint(blocks: list[dict]) -> dict:

@@ -89,3 +89,12 @@ def test_block_dtype_and_param_dtype_aion_stays_float32():
     assert variables["params"]["norm"]["scale"].dtype == jnp.bfloat16
     assert variables["params"]["aion"]["alpha0"].dtype == jnp.float32
     assert variables[STATS_COLLECTION]["aion"]["ratio_ema"].dtype == jnp.float32
+
+
+def test_linen_block_checks_its_config_and_dim_when_built():
+    with pytest.raises(ValueError, match="alpha0"):
+        AionBlock(nn.Dense(4), alpha0=-1.0)
+    block = AionBlock(nn.Dense(4), 4, beta=0.3)
+    assert block.config.beta == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="dim=4"):
+        block.init(jax.random.key(0), jnp.ones((2, 3)), deterministic=True)

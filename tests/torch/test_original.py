@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import aion_pytorch
-from aion_conformance import original
+from aion_conformance.frameworks.torch import original
 
 orig = original.load()
 pytestmark = pytest.mark.skipif(orig is None, reason=original.MISSING)

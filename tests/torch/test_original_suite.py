@@ -5,7 +5,7 @@
 temporary folder, rewrites each import line (``from aion_torch[.module] import X`` becomes
 ``from aion_pytorch import X``; nothing else changes), runs them once with pytest in a subprocess
 and turns each of the original's tests into one test here: it passes when the original's test
-passed. The tests that contradict a deliberate difference (docs/spec.md section 11) are listed,
+passed. The tests that contradict a deliberate difference (docs/migrating.md) are listed,
 each with its difference, in ``original_suite_xfails.txt`` and marked ``xfail(strict=True)``, so
 a listed test that starts passing fails the run.
 """
@@ -26,7 +26,7 @@ from aion_conformance.registry import spawn
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / ".original" / "aion_torch-1.0.2" / "tests"
 XFAILS = Path(__file__).with_name("original_suite_xfails.txt")
-SPEC = ROOT / "docs" / "spec.md"
+DIFFERENCES = ROOT / "docs" / "migrating.md"
 #: How many tests aion-torch 1.0.2's sdist holds (on a machine without CUDA one skips itself: test_device_placement).
 ORIGINAL_TEST_COUNT = 74
 MISSING = (f"aion-torch 1.0.2's test suite is not in {SUITE.relative_to(ROOT)}/: run scripts/install.sh "
@@ -89,10 +89,10 @@ def read_xfails(path: Path = XFAILS) -> dict[str, tuple[int, str]]:
     return listed
 
 
-def spec_differences(path: Path = SPEC) -> set[int]:
-    """The numbers of the rows of docs/spec.md section 11's table."""
+def spec_differences(path: Path = DIFFERENCES) -> set[int]:
+    """The numbers of the rows of docs/migrating.md's table of differences."""
     text = path.read_text()
-    section = text[text.index("## 11."):]
+    section = text[text.index("## Every behavioural difference"):]
     section = section[:section.find("\n## ", 1)] if "\n## " in section[1:] else section
     return {int(n) for n in re.findall(r"^\|\s*(\d+)\s*\|", section, flags=re.M)}
 
@@ -148,7 +148,7 @@ def _params():
         return [pytest.param(None, marks=pytest.mark.skip(reason=MISSING), id="suite-missing")]
     return [pytest.param(test_id, id=test_id, marks=[pytest.mark.xfail(
                 strict=True, raises=AssertionError,
-                reason=f"difference {XFAIL[test_id][0]} (docs/spec.md section 11): {XFAIL[test_id][1]}")]
+                reason=f"difference {XFAIL[test_id][0]} (docs/migrating.md): {XFAIL[test_id][1]}")]
                 if test_id in XFAIL else [])
             for test_id in static_test_ids(SUITE)]
 
@@ -186,7 +186,7 @@ def test_xfail_list_cites_differences_of_the_spec():
     assert XFAIL, "the list is empty: remove the xfail machinery or fill it"
     documented = spec_differences()
     for test_id, (difference, reason) in XFAIL.items():
-        assert difference in documented, f"{test_id}: difference {difference} is not in docs/spec.md section 11"
+        assert difference in documented, f"{test_id}: difference {difference} is not in docs/migrating.md"
         assert re.fullmatch(r"test_\w+\.py::(\w+::)?test_\w+", test_id) and reason
 
 
