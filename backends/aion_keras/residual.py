@@ -28,13 +28,13 @@ Tensor = Any
 
 @keras.saving.register_keras_serializable(package="aion")
 class AionResidual(keras.layers.Layer):
-    """Adaptive residual ``out = x + alpha * y``; alpha shrinks as the smoothed energy ratio grows.
+    """AION as a Keras layer: ``out = x + alpha * y``, alpha shrinking as the smoothed energy ratio grows.
 
     Parameters
     ----------
     alpha0, beta, ema_gamma, epsilon, k_update
-        See :class:`aion_core.AionConfig`; validated there (ValueError / TypeError) and
-        kept as the attribute ``config``. ``alpha0`` and ``beta`` become float32 weights.
+        As :class:`aion_core.AionConfig`, which validates them (the attribute ``config``);
+        ``alpha0`` and ``beta`` are float32 weights.
     sync_ratio : bool
         Under a ``tf.distribute`` strategy: True (default) all-reduces the batch ratio to
         the mean over replicas, so training equals one device holding the whole batch;

@@ -55,13 +55,13 @@ def _version(t: torch.Tensor) -> int | None:
 
 
 class AionResidual(nn.Module):
-    """Adaptive residual ``out = x + alpha * y``; alpha shrinks as the smoothed energy ratio grows.
+    """AION as a ``torch.nn.Module``: ``out = x + alpha * y``, alpha shrinking as the smoothed energy ratio grows.
 
     Parameters
     ----------
     alpha0, beta, ema_gamma, epsilon, k_update
-        See :class:`aion_core.AionConfig`; validated there (ValueError / TypeError) and
-        kept as the attribute ``config``. ``alpha0`` and ``beta`` become float32 parameters.
+        As :class:`aion_core.AionConfig`, which validates them (the attribute ``config``);
+        ``alpha0`` and ``beta`` are float32 parameters.
     sync_ratio : bool
         Under ``torch.distributed`` (DDP, FSDP): True (default) averages the batch ratio
         over the ranks of ``process_group`` (an all-reduce in the forward, one of its
