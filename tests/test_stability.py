@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 
+import frameworks
+from aion_conformance import registry
 from aion_conformance.plotting import pyplot
 from aion_conformance.stability import problem
 from aion_conformance.stability.__main__ import main
@@ -33,33 +35,19 @@ def test_every_variant_of_a_seed_starts_from_the_same_weights():
     assert not nets["fixed"].blocks[0].aion.trainable and nets["fixed"].blocks[0].aion.beta == 0.0
 
 
-def test_the_kit_builds_each_variant_from_the_problem_weights():
-    torch = pytest.importorskip("torch")
-    from aion_conformance.frameworks.torch import blocks
-
-    prob = problem.make_problem(0, 2)
-    models = {name: blocks.Net(problem.to_net(prob, v)) for name, v in problem.VARIANTS.items()}
-    assert not any(p.requires_grad for p in models["fixed"].blocks[0].aion.parameters())
-    with torch.no_grad():
-        outs = {name: m(torch.from_numpy(prob["tokens"]))[0] for name, m in models.items()}
-    assert not torch.equal(outs["standard"], outs["fixed"])  # the variants do differ
-    # At initialisation LayerScale's gamma is the fixed scale's 0.1 on every channel.
-    torch.testing.assert_close(outs["layerscale"], outs["fixed"], rtol=1e-6, atol=1e-6)
-
-
 def test_failed_flags_crashed_and_stuck_runs_only():
     assert problem.failed([1.3, 0.5, math.nan])
     assert problem.failed([1.3, 1.0, 0.98])  # stopped learning: post-LN at lr 1e-2 looks like this
     assert not problem.failed([1.3, 0.1, 0.001])
 
 
+@pytest.mark.backends(registry.SWEEPS)
 def test_a_deliberately_diverging_setting_is_flagged(monkeypatch):
-    pytest.importorskip("torch")
-    from aion_conformance import registry
+    kit = pytest.importorskip(registry.BACKENDS[registry.SWEEPS].kit)
 
     monkeypatch.setitem(problem.VARIANTS, "lr-1", problem.Variant("lr-1", "pre", "sum", lr=1.0))
     monkeypatch.setitem(problem.VARIANTS, "lr-1e-3", problem.Variant("lr-1e-3", "pre", "sum"))
-    runs = [{"backend": "torch", "depth": 2, "seed": 0, "variant": v, **problem.run(registry.kit("torch"), 0, 2, v, 30)}
+    runs = [{"backend": registry.SWEEPS, "depth": 2, "seed": 0, "variant": v, **problem.run(kit, 0, 2, v, 30)}
             for v in ("lr-1", "lr-1e-3")]
     assert runs[0]["loss"][-1] > runs[0]["loss"][0] or not math.isfinite(runs[0]["loss"][-1])
     rows = {r["variant"]: r for r in summarize(runs, threshold=0.01)}
@@ -82,10 +70,12 @@ def _report(tmp_path, *args):
     return code, json.loads((tmp_path / "stability.json").read_text()), (tmp_path / "stability.md").read_text()
 
 
+@pytest.mark.backends(registry.SWEEPS)
 def test_tiny_sweep_reports_every_variant_and_seed(tmp_path):
     # In this process (no backend process to start): the table and plots of 3 seeds, 3 steps.
-    pytest.importorskip("torch")
-    runs = [r for seed in range(3) for r in train_group("torch", seed, 2, list(problem.VARIANTS), 3, seed == 0)]
+    pytest.importorskip(registry.BACKENDS[registry.SWEEPS].kit)
+    runs = [r for seed in range(3) for r in train_group(registry.SWEEPS, seed, 2, list(problem.VARIANTS), 3,
+                                                          seed == 0)]
     assert len(runs) == 3 * len(problem.VARIANTS)
     assert all(len(r["loss"]) == len(r["grad_norm"]) == 3 for r in runs)
     scaled = [r for r in runs if r["seed"] == 0 and r["variant"] in ("aion", "aion-block", "post-aion")]
@@ -104,7 +94,7 @@ def test_tiny_sweep_reports_every_variant_and_seed(tmp_path):
 
 def _cross_check(tmp_path, depth, backends, variants):
     code, report, text = _report(tmp_path, "--depths", str(depth), "--seeds", "1", "--steps", "10",
-                                 "--backends", "torch", *backends, "--variants", *variants)
+                                 "--backends", registry.SWEEPS, *backends, "--variants", *variants)
     rows = {r["backend"]: r for r in report["cross_backend"]}
     assert set(rows) == set(backends), rows
     for row in rows.values():
@@ -115,14 +105,18 @@ def _cross_check(tmp_path, depth, backends, variants):
     assert {r["variant"] for r in report["table"]} == set(variants)
 
 
-def test_keras_and_flax_curves_match_torch(tmp_path):
-    # The framework-specific parts: AION's frozen parameters (fixed) and AionBlock.
-    for module in ("torch", "keras", "flax"):
-        pytest.importorskip(module)
-    _cross_check(tmp_path, 2, ["keras-jax", "flax-nnx"], ["fixed", "aion-block"])
+#: The backends checked against the sweeping one (those AION_TEST_BACKENDS selects).
+CHECKED = [b for b in registry.with_problem("stability")
+           if b != registry.SWEEPS and (frameworks.selected() is None or b in frameworks.selected())]
+
+
+@pytest.mark.backends(registry.SWEEPS, *CHECKED)
+def test_every_kit_follows_the_sweeping_backend(tmp_path):
+    # The kit-specific parts: AION's frozen parameters (fixed) and AionBlock.
+    _cross_check(tmp_path, 2, CHECKED, ["fixed", "aion-block"])
 
 
 @pytest.mark.slow
-def test_every_backend_matches_torch_at_depth_8(tmp_path):
-    backends = ["keras-tensorflow", "keras-jax", "keras-torch", "flax-nnx"]
-    _cross_check(tmp_path, 8, backends, list(problem.VARIANTS))
+@pytest.mark.backends(registry.SWEEPS, *CHECKED)
+def test_every_kit_follows_the_sweeping_backend_at_depth_8(tmp_path):
+    _cross_check(tmp_path, 8, CHECKED, list(problem.VARIANTS))

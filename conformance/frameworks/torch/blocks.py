@@ -117,14 +117,7 @@ class Net(nn.Module):
 
     def forward(self, inputs):
         h = self.embed(inputs.long()) + self.pos if self.spec.embed is not None else inputs
-        scales = []
-        for block in self.blocks:
-            h, scale = block(h)
-            if scale is not None:
-                scales.append(scale)
-        if self.norm is not None:
-            h = self.norm(h)
-        return (self.head(h) if self.head is not None else h), scales
+        return net.stack(h, self.blocks, self.norm, self.head)
 
 
 def build(spec: net.Net) -> Net:

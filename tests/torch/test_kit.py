@@ -1,5 +1,7 @@
-"""The eager floor (conformance/frameworks/torch/floor.py) computes what the torch adapter computes, so its time is a bound."""
+"""The torch kit (conformance/frameworks/torch/): its networks, and its eager floor, which computes what the
+adapter computes (so its time is a bound)."""
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -36,3 +38,21 @@ def test_layer_profile_runs_every_variant(capsys):
     assert [r[1] for r in rows] == expected
     assert all(float(r[2]) > 0 for r in rows)
     assert rows[0][3] == "+0 |"
+
+
+def test_the_kit_builds_each_stability_variant_from_the_problem_weights():
+    from aion_conformance.frameworks.torch import blocks
+    from aion_conformance.stability import problem
+
+    prob = problem.make_problem(0, 2)
+    models = {name: blocks.Net(problem.to_net(prob, v)) for name, v in problem.VARIANTS.items()}
+    assert not any(p.requires_grad for p in models["fixed"].blocks[0].aion.parameters())
+    with torch.no_grad():
+        outs = {name: m(torch.from_numpy(prob["tokens"]))[0] for name, m in models.items()}
+    assert not torch.equal(outs["standard"], outs["fixed"])  # the variants do differ
+    # At initialisation LayerScale's gamma is the fixed scale's 0.1 on every channel.
+    torch.testing.assert_close(outs["layerscale"], outs["fixed"], rtol=1e-6, atol=1e-6)
+    # Read back, the network is the one built, its state advanced by the training forward above.
+    read = blocks.read(models["aion-block"])
+    assert np.array_equal(read.blocks[1].branch[0].w, prob["blocks"][1]["w1"])
+    assert read.blocks[0].aion.state["step_count"] == 1 and read.blocks[0].aion.alpha0 == np.float32(problem.SCALE)
