@@ -20,11 +20,6 @@ VARIANTS = ("plain", "aion", "aion-k4")
 LOCAL_RATIO = "aion-local-ratio"
 
 
-def _uniform(rng, bound: float, shape) -> np.ndarray:
-    # torch.nn.Linear's default: weight and bias uniform in +-1/sqrt(fan_in).
-    return rng.uniform(-bound, bound, shape).astype(np.float32)
-
-
 def data(batch: int, seq: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """The input and target, float32 ``(batch, seq, width)``."""
     rng = np.random.default_rng(0)
@@ -37,9 +32,7 @@ def make_net(width: int, variant: str, blocks: int = BLOCKS) -> net.Net:
     rng = np.random.default_rng(0)
     hidden, out = 4 * width, []
     for _ in range(blocks):
-        branch = (net.Dense(_uniform(rng, width ** -0.5, (width, hidden)), _uniform(rng, width ** -0.5, hidden),
-                            "gelu"),
-                  net.Dense(_uniform(rng, hidden ** -0.5, (hidden, width)), _uniform(rng, hidden ** -0.5, width)))
+        branch = (net.dense_init(rng, width, hidden, "gelu"), net.dense_init(rng, hidden, width))
         if variant == "plain":
             out.append(net.Block("sum", "pre", branch, net.Norm.fresh(width)))
         elif variant in ("aion", "aion-k4"):

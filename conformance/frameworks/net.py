@@ -45,6 +45,18 @@ class Dense:
     activation: str | None = None
 
 
+def dense_init(rng: np.random.Generator, fan_in: int, fan_out: int, activation: str | None = None) -> Dense:
+    """A dense layer drawn as ``torch.nn.Linear`` draws it: weight, then bias, uniform in
+    ``+-1/sqrt(fan_in)``, float32.
+
+    >>> dense_init(np.random.default_rng(0), 3, 2).w.shape
+    (3, 2)
+    """
+    bound = fan_in ** -0.5
+    w = rng.uniform(-bound, bound, (fan_in, fan_out)).astype(np.float32)
+    return Dense(w, rng.uniform(-bound, bound, fan_out).astype(np.float32), activation)
+
+
 @dataclass(frozen=True)
 class Norm:
     """LayerNorm over the last axis with a per-channel ``scale`` and ``bias``."""

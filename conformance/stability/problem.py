@@ -85,11 +85,6 @@ def deepnorm_constants(depth: int) -> tuple[float, float]:
     return (2.0 * depth) ** 0.25, (8.0 * depth) ** -0.25
 
 
-def _uniform(rng, bound: float, shape) -> np.ndarray:
-    # torch.nn.Linear's default: weight and bias uniform in +-1/sqrt(fan_in).
-    return rng.uniform(-bound, bound, shape).astype(np.float32)
-
-
 @lru_cache(maxsize=2)
 def make_problem(seed: int, depth: int, dim: int = DIM, seq: int = SEQ, batch: int = BATCH,
                  vocab: int = VOCAB) -> dict:
@@ -114,10 +109,11 @@ def make_problem(seed: int, depth: int, dim: int = DIM, seq: int = SEQ, batch: i
     pos = (0.02 * rng.standard_normal((seq, dim))).astype(np.float32)
     hidden, blocks = 4 * dim, []
     for _ in range(depth):
-        w1, b1 = _uniform(rng, dim ** -0.5, (dim, hidden)), _uniform(rng, dim ** -0.5, hidden)
-        w2, b2 = _uniform(rng, hidden ** -0.5, (hidden, dim)), _uniform(rng, hidden ** -0.5, dim)
+        inner, outer = net.dense_init(rng, dim, hidden), net.dense_init(rng, hidden, dim)
+        w1, b1, w2, b2 = inner.w, inner.b, outer.w, outer.b
         blocks.append({"w1": w1, "b1": b1, "w2": w2, "b2": b2})
-    head_w, head_b = _uniform(rng, dim ** -0.5, (dim, dim)), _uniform(rng, dim ** -0.5, dim)
+    head = net.dense_init(rng, dim, dim)
+    head_w, head_b = head.w, head.b
     return {"tokens": tokens, "target": target, "embed": embed, "pos": pos, "blocks": blocks,
             "head_w": head_w, "head_b": head_b, "seed": seed, "depth": depth}
 
