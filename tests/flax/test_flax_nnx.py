@@ -1,10 +1,14 @@
-"""aion_flax (NNX): train/eval semantics, state as its own Variable type, jit/grad/remat, errors."""
+"""aion_flax (NNX): one smoke step against the float64 reference, then what only NNX has (the
+module's mode, nnx.view, AionStat, nnx.grad/jit/remat of a block, dtype/param_dtype). Values,
+gradients, the state rules, the k_update schedule and the error classes are the conformance
+vectors' (``python -m aion_conformance``)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
+
+import smoke
 
 import aion_core as core
 from aion_flax import AionBlock, AionResidual, AionStat
@@ -20,40 +24,43 @@ def _state_np(layer):
     return {k: np.asarray(getattr(layer, k)[...]) for k in core.AionState._fields}
 
 
-def _close(got, want, rtol=1e-6):
-    """Elementwise rtol, plus rtol of the largest magnitude (out = x + alpha*y can cancel)."""
-    want = np.asarray(want, np.float64)
-    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=rtol,
-                               atol=rtol * float(np.max(np.abs(want))))
+def test_smoke_one_training_step_equals_the_float64_reference():
+    """The layer as a user trains it, one ``nnx.jit`` of ``nnx.value_and_grad``: output, stats,
+    gradients and new state against the float64 reference (the vectors check the rest)."""
+    x, y, xn, cot = smoke.inputs(7)
+    layer = AionResidual(**smoke.CONFIG)
+
+    def loss(m, x, y, x_norm):
+        out, stats = m(x, y, x_norm, return_stats=True)
+        return jnp.sum(out * cot), (out, stats)
+
+    step = nnx.jit(nnx.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
+    (_, (out, stats)), (g_layer, gx, gy, gxn) = step(layer, *map(jnp.asarray, (x, y, xn)))
+    got = {"out": out, **{f"stats.{k}": v for k, v in stats.items()}, "state.ratio_ema": layer.ratio_ema[...],
+           "grads.x": gx, "grads.y": gy, "grads.x_norm": gxn,
+           "grads.alpha0": g_layer["alpha0"][...], "grads.beta": g_layer["beta"][...]}
+    smoke.check_step(got, _state_np(layer), x, y, xn, cot)
 
 
-def _core_state(layer):
-    return core.AionState(*(np.asarray(getattr(layer, k)[...]) for k in core.AionState._fields))
-
-
-def test_train_matches_core_and_eval_leaves_state():
-    layer = AionResidual(alpha0=0.2, beta=0.5)
-    x, y, xn = _f32(4, 8), _f32(4, 8, scale=2.0), _f32(4, 8)
-    want_out, want_state, want_stats = core.train_step(
-        x, y, xn, np.float32(0.2), np.float32(0.5), _core_state(layer), layer.config, xp=np)
-    out, stats = layer(jnp.asarray(x), jnp.asarray(y), jnp.asarray(xn), return_stats=True)
-    _close(out, want_out)
-    np.testing.assert_allclose(stats["alpha"], want_stats["alpha"], rtol=1e-6)
-    np.testing.assert_allclose(layer.ratio_ema[...], want_state.ratio_ema, rtol=1e-6)
-    assert int(layer.step_count[...]) == 1 and int(layer.nonfinite_count[...]) == 0
-
+def test_eval_and_train_set_deterministic_and_a_call_flag_overrides_it():
+    """The module's mode (``.eval()``, ``.train()``) and the per-call flag, which wins."""
+    layer = AionResidual()
+    x, y = jnp.asarray(_f32(4, 8)), jnp.asarray(_f32(4, 8, scale=2.0))
+    layer(x, y)
+    assert int(layer.step_count[...]) == 1
     layer.eval()
     assert layer.deterministic is True
     before = _state_np(layer)
-    out, stats = layer(jnp.asarray(x), jnp.asarray(y), return_stats=True)
-    want_out, want_stats = core.eval_step(x, y, np.float32(0.2), np.float32(0.5), _core_state(layer), xp=np)
-    _close(out, want_out)
+    layer(x, y)
     assert _state_np(layer) == before
-    # A per-call flag overrides the module mode.
-    layer(jnp.asarray(x), jnp.asarray(y), deterministic=False)
+    layer(x, y, deterministic=False)
     assert int(layer.step_count[...]) == 2
     layer.train()
     assert layer.deterministic is False
+    layer(x, y, deterministic=True)
+    assert int(layer.step_count[...]) == 2
+    layer(x, y)
+    assert int(layer.step_count[...]) == 3
 
 
 def test_nnx_view_gives_an_eval_view_sharing_state():
@@ -79,31 +86,6 @@ def test_state_is_its_own_variable_type():
     grads = nnx.grad(lambda m: jnp.sum(m(jnp.asarray(_f32(2, 8)))))(block)
     assert not list(nnx.to_flat_state(nnx.state(grads, AionStat)))
     assert float(grads["aion"]["alpha0"][...]) != 0.0
-
-
-@pytest.mark.parametrize("k_update", [1, 3])
-def test_k_update_schedule_under_jit_matches_core(k_update):
-    layer = AionResidual(k_update=k_update)
-    config, state = layer.config, _core_state(layer)
-    step = nnx.jit(lambda m, x, y: m(x, y, return_stats=True))
-    for _ in range(7):
-        x, y = _f32(3, 8), _f32(3, 8, scale=3.0)
-        update = bool(core.is_update_step(int(state.step_count), k_update))
-        want_out, state, want_stats = core.train_step(
-            x, y, None, np.float32(0.1), np.float32(0.05), state, config, xp=np, update=update)
-        out, stats = step(layer, jnp.asarray(x), jnp.asarray(y))
-        _close(out, want_out)
-        np.testing.assert_allclose(stats["ratio"], want_stats["ratio"], rtol=1e-6)
-        np.testing.assert_allclose(layer.ratio_ema[...], state.ratio_ema, rtol=1e-6)
-        assert int(layer.step_count[...]) == int(state.step_count)
-
-
-def test_nonfinite_ratio_keeps_ema_and_counts():
-    layer = AionResidual()
-    y = _f32(2, 8)
-    y[0, 1] = np.nan
-    layer(jnp.asarray(_f32(2, 8)), jnp.asarray(y))
-    assert float(layer.ratio_ema[...]) == 1.0 and int(layer.nonfinite_count[...]) == 1
 
 
 def _block():

@@ -1,9 +1,15 @@
-"""aion_pytorch.AionResidual / AionBlock: semantics, errors, compile, no host sync, precision."""
+"""aion_pytorch.AionResidual / AionBlock: one smoke step against the float64 reference, then what
+only torch has (state_dict, buffers written by hand, module casts, compile, autocast, no host
+sync, the original wording of errors). Values, gradients, the state rules, the k_update schedule
+and the error classes are the conformance vectors' (``python -m aion_conformance``)."""
 
 import pytest
 import torch
 
+import smoke
+
 import aion_core
+from aion_conformance.spec.reference import reference_call
 from aion_conformance.spec.tolerance import RTOL, compare
 from aion_pytorch import AionBlock, AionResidual, compute_alpha, energy
 
@@ -19,40 +25,19 @@ def _state(m):
     return {k: v.clone() for k, v in m.state_dict().items()}
 
 
-def test_train_updates_state_eval_does_not():
-    m = AionResidual(alpha0=0.2, beta=0.5)
-    x, y = torch.randn(4, 8), torch.randn(4, 8)
-    out, stats = m(x, y, return_stats=True)
-    assert int(m.step_count) == 1 and float(m.ratio_ema) != 1.0
-    torch.testing.assert_close(out, x + stats["alpha"] * y)
-    m.eval()
-    before = _state(m)
-    out, stats = m(x, y, return_stats=True)
-    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
-    # eval alpha is recomputed from the current parameters and the stored ratio
-    with torch.no_grad():
-        m.alpha0.fill_(0.4)
-    _, stats2 = m(x, y, return_stats=True)
-    torch.testing.assert_close(stats2["alpha"], compute_alpha(torch.tensor(0.4), m.beta.detach(), m.ratio_ema))
-
-
-def test_eval_forward_with_grad_then_backward_works():
-    m = AionResidual()
-    m(torch.randn(2, 4), torch.randn(2, 4)).sum().backward()
-    m.eval()
-    m(torch.randn(2, 4), torch.randn(2, 4)).sum().backward()  # aion-torch 1.0.2 raises here
-    assert m.alpha0.grad is not None
-
-
-def test_k_update_uses_stored_ratio_between_updates():
-    m = AionResidual(k_update=3)
-    x = torch.randn(4, 8)
-    ratios = []
-    for _ in range(6):
-        _, s = m(x, 2 * torch.randn(4, 8), return_stats=True)
-        ratios.append(float(m.ratio_ema))
-    assert ratios[0] == ratios[1] == ratios[2] != ratios[3] == ratios[4] == ratios[5]
-    assert int(m.step_count) == 6
+def test_smoke_one_training_step_equals_the_float64_reference():
+    """The layer as a user calls it, one training forward and backward: output, stats,
+    gradients and new state against the float64 reference (the vectors check the rest)."""
+    x, y, xn, cot = smoke.inputs(0)
+    m = AionResidual(**smoke.CONFIG)
+    xt, yt, xnt = (torch.from_numpy(a).requires_grad_() for a in (x, y, xn))
+    out, stats = m(xt, yt, x_norm=xnt, return_stats=True)
+    (out * torch.from_numpy(cot)).sum().backward()
+    got = {"out": out, **{f"stats.{k}": v for k, v in stats.items()}, "state.ratio_ema": m.ratio_ema,
+           "grads.x": xt.grad, "grads.y": yt.grad, "grads.x_norm": xnt.grad,
+           "grads.alpha0": m.alpha0.grad, "grads.beta": m.beta.grad}
+    smoke.check_step({k: v.detach().double().numpy() for k, v in got.items()},
+                     {"step_count": m.step_count, "nonfinite_count": m.nonfinite_count}, x, y, xn, cot)
 
 
 def _by_hand(kind, value):
@@ -73,8 +58,6 @@ def _by_hand(kind, value):
 def test_step_count_written_by_hand_moves_the_k_update_schedule():
     """After step_count is written from outside, the next training step follows it
     (update iff step_count % k_update == 0), as aion_core on numpy (the reference) does."""
-    from aion_conformance.spec.reference import reference_call
-
     torch.manual_seed(0)
     config = aion_core.AionConfig(k_update=3)
     m = AionResidual(k_update=3)
@@ -99,18 +82,6 @@ def test_step_count_written_by_hand_moves_the_k_update_schedule():
         got = {k: getattr(m, k).item() for k in aion_core.STATE_SPEC}
         assert got == pytest.approx(ref, rel=1e-6), i
     assert "".join(kinds) == "UUhhhhUhhhU"  # an untouched layer: UhhUhhUhhUh
-
-
-def test_nan_batch_is_guarded_and_counted():
-    m = AionResidual()
-    m(torch.randn(2, 8), torch.randn(2, 8))
-    ema = m.ratio_ema.clone()
-    y = torch.randn(2, 8)
-    y[0, 0] = float("nan")
-    m(torch.randn(2, 8), y)
-    assert torch.equal(m.ratio_ema, ema) and int(m.nonfinite_count) == 1 and int(m.step_count) == 2
-    m(torch.randn(2, 8), torch.randn(2, 8))
-    assert torch.isfinite(m.ratio_ema) and not torch.equal(m.ratio_ema, ema)
 
 
 def test_compile_fullgraph_train_and_eval_matches_eager():
