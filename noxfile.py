@@ -18,6 +18,7 @@ Parts of ``tests``, each alone (tests/conftest.py puts the markers on every test
     nox -s torch         # one framework (tests/frameworks.py): its folder, its adapter's doctests and
     nox -s keras         #   every test of its registry backends, the unit and integration tiers;
     nox -s flax          #   AION_TEST_BACKENDS is set to its backends
+    nox -s mlx
 
 Arguments after ``--`` go to every pytest run of a session (``nox -s tests -- -m slow`` runs the
 slow tests; a session's own tier or framework is kept: ``nox -s unit -- -m slow``, the slow unit
@@ -191,6 +192,12 @@ def keras(session: nox.Session) -> None:
 def flax(session: nox.Session) -> None:
     """Flax: tests/flax, aion_flax's doctests, every test of the flax-* backends."""
     _framework(session, "flax")
+
+
+@nox.session(venv_backend="none")
+def mlx(session: nox.Session) -> None:
+    """MLX: tests/mlx, aion_mlx's doctests, every test of the mlx backend."""
+    _framework(session, "mlx")
 
 
 @nox.session(venv_backend="none")

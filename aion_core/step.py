@@ -121,7 +121,9 @@ def smoothed_ratio(xp, r, ema, gamma: float, stop_gradient=_identity):
     # Replaced before any arithmetic: the step falls back to the stored ratio.
     ema_acc = cast(xp, ema, r.dtype)
     r_safe = where_finite(xp, finite, r, ema_acc)
-    r_s = r_safe if gamma == 1.0 else gamma * ema_acc + (1.0 - gamma) * r_safe
+    # A guarded step's r_s is the stored ratio itself (spec section 5), not gamma * ema +
+    # (1 - gamma) * ema, which can round to a neighbour of it.
+    r_s = r_safe if gamma == 1.0 else where_finite(xp, finite, gamma * ema_acc + (1.0 - gamma) * r_safe, ema_acc)
     new_ema = xp.where(finite, cast(xp, stop_gradient(r_s), ema.dtype), ema)
     return finite, r_s, new_ema
 
@@ -269,10 +271,21 @@ def scheduled_train_step(x, y, x_norm, alpha0, beta, state: AionState, config: A
     if check:
         check_inputs(xp, x, y, x_norm)
 
-    def step(update):
-        out, new_state, stats = train_step(x, y, x_norm, alpha0, beta, state, config, xp=xp, update=update,
+    inputs = (x, y, x_norm, alpha0, beta)
+
+    def step(update, inputs=inputs):
+        out, new_state, stats = train_step(*inputs, state, config, xp=xp, update=update,
                                            replica_mean=replica_mean, stop_gradient=stop_gradient, check=False)
         return out, tuple(new_state), stats  # plain tuples: what every cond takes as a branch's result
+
+    def only_if(taken):
+        # The step not taken gets a zero cotangent, which some VJPs still turn into NaN (a
+        # quotient whose denominator squared underflows: 0 * a / 0); its inputs let no
+        # gradient back unless it is taken. It takes a `where` whose gradient selects (not
+        # one that multiplies by the mask, 0 * NaN being NaN).
+        if stop_gradient is None:
+            return inputs
+        return tuple(None if t is None else xp.where(taken, t, stop_gradient(t)) for t in inputs)
 
     if config.k_update == 1:
         out, new_state, stats = step(True)
@@ -281,7 +294,7 @@ def scheduled_train_step(x, y, x_norm, alpha0, beta, state: AionState, config: A
                                      lambda: step(True), lambda: step(False))
     else:
         update = is_update_step(state.step_count, config.k_update)
-        on, off = step(True), step(False)
+        on, off = step(True, only_if(update)), step(False, only_if(xp.logical_not(update)))
         out, new_state, stats = (xp.where(update, on[0], off[0]),
                                  [xp.where(update, a, b) for a, b in zip(on[1], off[1])],
                                  {k: xp.where(update, on[2][k], off[2][k]) for k in on[2]})

@@ -69,6 +69,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     _keras("tensorflow"), _keras("jax"), _keras("torch", (False, True)),
     Backend("flax-nnx", f"{_FW}.flax.driver:NnxDriver", {}, f"{_FW}.flax.nnx", _ALL),
     Backend("flax-linen", f"{_FW}.flax.driver:LinenDriver", {}, f"{_FW}.flax.linen", _ALL),
+    Backend("mlx", f"{_FW}.mlx.driver:MlxDriver", {}, f"{_FW}.mlx", _ALL, (False, True)),
 )}
 
 

@@ -28,6 +28,7 @@ INTEGRATION = frozenset({
     "tests/torch/test_ddp.py", "tests/torch/test_export.py", "tests/torch/test_original_suite.py",
     "tests/torch/test_parallel.py",
     "tests/flax/test_flax_distributed.py",
+    "tests/mlx/test_mlx_distributed.py",
 })
 #: ... or ``packaging``: the package as a user gets it, built, installed, type-checked.
 PACKAGING = frozenset({"tests/test_install.py", "tests/test_typing.py"})
@@ -342,8 +343,70 @@ steps = int(block.aion.step_count[...])
 )
 
 
+# ---- MLX (on Linux: its CPU build) ------------------------------------------------------------
+
+def _mlx_branch() -> Any:
+    import mlx.nn as nn
+
+    return nn.Linear(4, 4)
+
+
+def _mlx_run(block: Any, a: Any) -> Any:
+    import mlx.core as mx
+    import numpy as np
+
+    return block(mx.array(np.asarray(a)))
+
+
+def _mlx_namespace() -> tuple[Any, Callable[[Any], Any]]:
+    import mlx.core as mx
+    import numpy as np
+
+    return mx, lambda a: mx.array(np.asarray(a, np.float64), dtype=mx.float64)
+
+
+MLX = Framework(
+    name="mlx", package="aion_mlx", folder="backends/aion_mlx", backends=("mlx",),
+    imports=("mlx",), extras={"mlx": frozenset({"mlx[cpu]"})},
+    apis=(Api("mlx", "aion_mlx", ("mlx",), "__call__", frozenset({"group"}), _mlx_branch, _mlx_run,
+              script="""\
+import mlx.core as mx
+import mlx.nn
+import aion_mlx
+m_residual = aion_mlx.AionResidual(alpha0=0.1, beta=0.05)
+m_block = aion_mlx.AionBlock(mlx.nn.Linear(16, 16), dim=16)
+""",
+              reveals={
+                  "aion_mlx.__version__": "str",
+                  "m_residual": "aion_mlx.layers.AionResidual",
+                  "m_residual.config": "aion_core.config.AionConfig",
+                  "m_block": "aion_mlx.layers.AionBlock",
+                  "m_block.config": "aion_core.config.AionConfig",
+                  "m_block(mx.ones((2, 16)))": "mlx.core.array | tuple[mlx.core.array, dict[str, mlx.core.array]]",
+              }),),
+    installs=(Install("mlx", "mlx", ("mlx", "mlx-cpu"), ("mlx",), {}, ("mlx",)),),
+    train="""\
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+mx.random.seed(0)
+block = module.AionBlock(nn.Linear(16, 16), dim=16)
+opt = optim.SGD(learning_rate=0.05)
+loss_and_grad = nn.value_and_grad(block, lambda m, a, b: ((m(a) - b) ** 2).mean())
+losses = []
+for _ in range(3):
+    loss, grads = loss_and_grad(block, mx.array(x), mx.array(y))
+    opt.update(block, grads)
+    mx.eval(block.parameters(), opt.state)
+    losses.append(loss.item())
+steps = block.aion.step_count.item()
+""",
+    namespaces=(Namespace("mlx", _mlx_namespace, ("mlx",)),),
+)
+
+
 #: Every framework with an adapter, in the order the tests list them.
-FRAMEWORKS: tuple[Framework, ...] = (TORCH, KERAS, FLAX)
+FRAMEWORKS: tuple[Framework, ...] = (TORCH, KERAS, FLAX, MLX)
 
 
 # ---- What the tests read ----------------------------------------------------------------------

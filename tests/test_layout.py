@@ -11,12 +11,14 @@ import pytest
 
 from aion_conformance import registry
 from aion_conformance.frameworks.kit import MEMBERS
+from frameworks import CORE_PACKAGES, FRAMEWORKS, PACKAGES
 
 ROOT = Path(__file__).resolve().parents[1] / "conformance"
 PKG = "aion_conformance"
-#: What only a framework's kit (conformance/frameworks/<framework>/) may import.
-FRAMEWORK_MODULES = {"torch", "keras", "jax", "flax", "tensorflow", "optax", "mlx",
-                     "aion_pytorch", "aion_keras", "aion_flax", "aion_mlx", "aion_torch_ops"}
+#: What only a framework's kit (conformance/frameworks/<framework>/) may import: the
+#: frameworks, their adapters, and optax (the Flax kit's optimizers, no framework of its own).
+FRAMEWORK_MODULES = {*(name for fw in FRAMEWORKS for name in fw.imports), "optax",
+                     *(set(PACKAGES) - set(CORE_PACKAGES))}
 
 
 def _modules() -> dict[str, Path]:

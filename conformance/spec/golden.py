@@ -1,4 +1,7 @@
-"""Golden vectors: the reference's answers to :mod:`conformance.cases`, as small JSON files.
+"""Golden vectors: the float64 reference's answers to :mod:`conformance.cases`, as small JSON files.
+
+Forward values (outputs, stats, states) and gradients alike come from
+:mod:`aion_conformance.spec.reference`, written from the spec without ``aion_core``.
 
 ``python -m aion_conformance.spec.golden`` rewrites ``conformance/vectors/``; the test suite checks
 that the committed files are exactly what this produces. Non-finite numbers are written
@@ -12,28 +15,30 @@ from pathlib import Path
 
 import numpy as np
 
-import aion_core as core
 from aion_conformance.spec.cases import CONFIG_ERRORS, call_error_cases, vector_cases
 from aion_conformance.spec.json_numbers import decode, encode
-from aion_conformance.spec.reference import reference_call
+from aion_conformance.spec.reference import reference_call, spec_config
 from aion_conformance.spec.tolerance import round_to
 
 #: The committed vector files (beside the package, where outside implementers find them).
 VECTOR_DIR = Path(__file__).parent.parent / "vectors"
+
+
 def expected_case(case: dict) -> dict:
     """Run the reference over one case's calls; the result is what the JSON file holds."""
-    config = core.AionConfig(**case["config"])
+    config = spec_config(case["config"])
+    dtypes = case.get("input_dtypes") or case["dtype"]  # the inputs as rounded to these (spec section 10)
     state = dict(case["state"])
     calls = []
     for call in case["calls"]:
         result, state = reference_call(config, call["alpha0"], call["beta"], state, call["mode"],
-                                       call["x"], call["y"], call["x_norm"], call["cotangent"])
+                                       call["x"], call["y"], call["x_norm"], call["cotangent"], dtypes)
         calls.append({**call, "expected": {**result, "state": dict(state)}})
     mixed = {"input_dtypes": case["input_dtypes"]} if case.get("input_dtypes") else {}
     return {"name": case["name"], "must": case.get("must", ""), "dtype": case["dtype"], **mixed,
             # sync_ratio acts between replicas only and a vector is one process: its config
             # keeps the keys it always had (outside drivers read them).
-            "config": {k: v for k, v in config.to_dict().items() if k != "sync_ratio"},
+            "config": {k: v for k, v in config.items() if k != "sync_ratio"},
             "state": case["state"], "calls": calls}
 
 

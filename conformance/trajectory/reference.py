@@ -1,4 +1,4 @@
-"""The float64 reference trajectory: ``aion_core`` on numpy, backpropagated by hand."""
+"""The float64 reference trajectory: the spec's float64 reference on numpy, backpropagated by hand."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from aion_conformance.spec.reference import reference_call
 from aion_conformance.trajectory.problem import WEIGHT_KEYS, block_aion, to_checkpoint
 
 def run(problem: dict, steps: int = 20) -> dict:
-    """The float64 reference trajectory: ``aion_core`` on numpy, backpropagated by hand.
+    """The float64 reference trajectory, backpropagated by hand.
 
-    AION's forward and gradients come from :func:`aion_conformance.spec.reference.reference_call`;
+    AION's forward and gradients come from :func:`aion_conformance.spec.reference.reference_call`
+    (written from the spec, without ``aion_core``);
     LayerNorm, the dense layer and tanh are differentiated here.
     """
     config = aion_core.AionConfig(problem["alpha0"], problem["beta"])
