@@ -16,7 +16,10 @@ K_UPDATE_MAX = 2**31 - 1
 def _real(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)  # once, to float64 (a Fraction to the nearest float64)
+    except OverflowError:  # an int or Fraction beyond float64 (10**400): out of range, not of type
+        raise ValueError(f"{name} must be finite, got {type(value).__name__} beyond float64's range") from None
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value

@@ -23,30 +23,6 @@ from aion_conformance.report import write_report
 from aion_conformance.trajectory.parity import run_trajectories
 
 
-def _select(only: list[str] | None, outside: list[str]) -> list[tuple[str, str | None]]:
-    """``(spec, backend)`` pairs to run: registry names, then outside ``module:Class`` specs.
-
-    ``--only`` names built-in backends and outside drivers alike (an outside driver by
-    its ``name``, read by loading it here). One that fails to load runs regardless, so that
-    its failure is reported.
-    """
-    named = {spec: _name(spec) for spec in outside}
-    known = list(registry.BACKENDS) + [name for name in named.values() if name]
-    unknown = sorted(set(only or ()) - set(known))
-    if unknown:
-        raise ValueError(f"--only: unknown driver {', '.join(unknown)}; known: {', '.join(known)}")
-    keep = set(only) if only else set(known)
-    return ([(name, name) for name in registry.BACKENDS if name in keep]
-            + [(spec, None) for spec, name in named.items() if name in keep or name is None])
-
-
-def _name(spec: str) -> str | None:
-    try:
-        return registry.load_driver(spec).name
-    except Exception:  # noqa: BLE001 - reported when it is run, as a crash with its traceback
-        return None
-
-
 def run_all(selected: list[tuple[str, str | None]]) -> list[dict]:
     runs = []
     for i, (spec, backend) in enumerate(selected, 1):
@@ -77,9 +53,11 @@ def main(argv=None) -> int:
     if args.device:
         os.environ[DEVICE_ENV] = args.device  # read in each backend's process
     try:
-        selected = _select(args.only, args.driver)
+        selected, notes = registry.select(args.only, args.driver)
     except ValueError as e:
         p.error(str(e))
+    for note in notes:
+        print(note, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = run_all(selected)
     extra, ok = [], True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -50,6 +51,9 @@ class Backend:
     bench_modes: tuple[bool | None, ...] = (None,)
     extras: tuple[str, ...] = ()
     sweeps: bool = False
+    #: Import names its driver needs (its framework's); one that is missing here leaves the
+    #: backend out of a run that does not name it (:func:`select`).
+    imports: tuple[str, ...] = ()
 
 
 _ALL = frozenset({"trajectory", "stability", "bench"})
@@ -58,18 +62,20 @@ _FW = f"{_PKG}.frameworks"
 
 def _keras(backend: str, bench_modes=(None,)) -> Backend:
     return Backend(f"keras-{backend}", f"{_FW}.keras.driver:KerasDriver", {"KERAS_BACKEND": backend},
-                   f"{_FW}.keras", _ALL, bench_modes)
+                   f"{_FW}.keras", _ALL, bench_modes, imports=("keras", backend))
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("numpy", f"{_PKG}.drivers.reference_driver:ReferenceDriver"),
-    Backend("array-api-strict", f"{_PKG}.drivers.array_api_strict_driver:ArrayApiStrictDriver"),
+    Backend("numpy", f"{_PKG}.drivers.reference_driver:ReferenceDriver", imports=("numpy",)),
+    Backend("array-api-strict", f"{_PKG}.drivers.array_api_strict_driver:ArrayApiStrictDriver",
+            imports=("array_api_strict",)),
     Backend("torch", f"{_FW}.torch.driver:TorchDriver", {}, f"{_FW}.torch", _ALL, (False, True),
-            ("aion-torch-1.0.2", "aion-floor"), sweeps=True),
+            ("aion-torch-1.0.2", "aion-floor"), sweeps=True, imports=("torch",)),
     _keras("tensorflow"), _keras("jax"), _keras("torch", (False, True)),
-    Backend("flax-nnx", f"{_FW}.flax.driver:NnxDriver", {}, f"{_FW}.flax.nnx", _ALL),
-    Backend("flax-linen", f"{_FW}.flax.driver:LinenDriver", {}, f"{_FW}.flax.linen", _ALL),
-    Backend("mlx", f"{_FW}.mlx.driver:MlxDriver", {}, f"{_FW}.mlx", _ALL, (False, True)),
+    Backend("flax-nnx", f"{_FW}.flax.driver:NnxDriver", {}, f"{_FW}.flax.nnx", _ALL, imports=("jax", "flax")),
+    Backend("flax-linen", f"{_FW}.flax.driver:LinenDriver", {}, f"{_FW}.flax.linen", _ALL,
+            imports=("jax", "flax")),
+    Backend("mlx", f"{_FW}.mlx.driver:MlxDriver", {}, f"{_FW}.mlx", _ALL, (False, True), imports=("mlx",)),
 )}
 
 
@@ -80,6 +86,46 @@ SWEEPS = next(name for name, b in BACKENDS.items() if b.sweeps)
 def with_problem(problem: str) -> list[str]:
     """The backends that run ``problem``, in registry order."""
     return [name for name, b in BACKENDS.items() if problem in b.problems]
+
+
+def missing(backend: str) -> list[str]:
+    """The import names ``backend``'s driver needs that are not installed here (nothing is imported)."""
+    return [name for name in BACKENDS[backend].imports if importlib.util.find_spec(name) is None]
+
+
+def select(only: list[str] | None, outside: list[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """What a CLI runs: ``(spec, backend)`` pairs, registry names then outside ``module:Class``
+    specs, and one note per built-in left out because its framework is not installed.
+
+    ``only`` names built-in backends and outside drivers alike (an outside driver by its
+    ``name``, read by loading it here); None: every built-in that is installed, and every
+    outside driver. A built-in named in ``only`` runs even when not installed (its crash is
+    reported). An outside driver that fails to load runs regardless, so that its failure is
+    reported. Raises ValueError for a name in ``only`` that is no driver's.
+    """
+    named = {spec: _driver_name(spec) for spec in outside}
+    known = list(BACKENDS) + [name for name in named.values() if name]
+    unknown = sorted(set(only or ()) - set(known))
+    if unknown:
+        raise ValueError(f"--only: unknown driver {', '.join(unknown)}; known: {', '.join(known)}")
+    notes = []
+    if only:
+        keep = set(only)
+    else:
+        keep = set(known)
+        for name in BACKENDS:
+            if missing(name):
+                keep.discard(name)
+                notes.append(f"skipped {name}: not installed (no module {', '.join(missing(name))})")
+    return ([(name, name) for name in BACKENDS if name in keep]
+            + [(spec, None) for spec, name in named.items() if name in keep or name is None]), notes
+
+
+def _driver_name(spec: str) -> str | None:
+    try:
+        return load_driver(spec).name
+    except Exception:  # noqa: BLE001 - reported when it is run, as a crash with its traceback
+        return None
 
 
 def kit(backend: str):

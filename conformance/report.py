@@ -8,11 +8,12 @@ import os
 import platform
 from pathlib import Path
 
-from aion_conformance.drivers.protocol import FLOAT_DTYPES
+from aion_conformance.drivers.protocol import FLOAT_DTYPES, PROTOCOL_VERSION
+from aion_conformance.spec import SPEC_VERSION
 
 #: The checks the suite runs on every driver; any other is a driver's own (its extra_checks),
 #: whose worst relative deviation the table shows beside the vectors' errors.
-SUITE_CHECKS = ("vector", "config_error", "call_error", "trajectory", "checkpoint")
+SUITE_CHECKS = ("vector", "config_error", "call_error", "portable", "trajectory", "checkpoint")
 
 
 def _summary(run: dict) -> dict:
@@ -108,7 +109,9 @@ def write_report(runs: list[dict], outdir: Path, extra: list[str] = ()) -> bool:
         lines.append(f"| {run['driver']} | " + " | ".join(cells) + f" | {errs} |")
     versions = {k: v for run in runs for k, v in run.get("versions", {}).items()}
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    head = [f"# AION conformance report ({now})", "",
+    spec_line = f"Spec version {SPEC_VERSION} (driver protocol {PROTOCOL_VERSION})"
+    notes = [f"Note: {n}" for run in runs for n in run.get("notes", [])]
+    head = [f"# AION conformance report ({now})", "", spec_line, "", *notes, *([""] if notes else []),
             f"Device: {platform.machine()} CPU, {os.cpu_count()} cores (a GPU a backend ran on is in its "
             f"versions); Python {platform.python_version()}",
             "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), ""]
@@ -118,11 +121,13 @@ def write_report(runs: list[dict], outdir: Path, extra: list[str] = ()) -> bool:
             ""] + matrix(runs)
     tail = ([""] + ["Failures:"] + [f"- {f}" for f in failures] if failures else []) + [""] + list(extra)
     md = "\n".join(head + lines + grid + tail) + "\n"
-    print("\n".join(lines + grid))
+    print("\n".join([spec_line, *notes, ""] + lines + grid))
     if failures:
         print("\nFailures:\n" + "\n".join(f"- {f}" for f in failures))
     print("\n" + "\n".join(extra))
     (outdir / "conformance.md").write_text(md)
-    (outdir / "conformance.json").write_text(json.dumps({"date": now, "versions": versions, "runs": runs}, indent=1))
+    (outdir / "conformance.json").write_text(json.dumps({"date": now, "spec_version": SPEC_VERSION,
+                                                               "protocol_version": PROTOCOL_VERSION,
+                                                               "versions": versions, "runs": runs}, indent=1))
     print(f"\nreport: {outdir / 'conformance.md'}  ({'all passed' if ok else 'FAILED'})")
     return ok

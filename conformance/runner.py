@@ -7,9 +7,11 @@ import math
 import re
 from dataclasses import asdict
 
-from aion_conformance.drivers.protocol import (DEFAULT_EXECUTION, ERROR_CLASSES, INPUTS, CheckResult, Execution,
-                                               executions, extra_checks, has_grads)
-from aion_conformance.spec.cases import CONFIG_ERRORS, call_error_cases, loosest, output_dtype_name
+from aion_conformance.drivers.protocol import (DEFAULT_EXECUTION, ERROR_CLASSES, INPUTS, PROTOCOL_VERSION,
+                                               CheckResult, Execution, executions, extra_checks, has_complex, has_grads,
+                                               spec_version_note)
+from aion_conformance.spec import SPEC_VERSION
+from aion_conformance.spec.cases import CONFIG_ERRORS, call_error_cases, loosest, output_dtype_name, portable_loads
 from aion_conformance.spec.golden import load_all, recast_case
 from aion_conformance.spec.tolerance import RTOL, SUBNORMAL_STEP, compare
 from aion_conformance.spec.musts import MUSTS
@@ -172,6 +174,10 @@ def run_call_error(driver, case: dict, execution: Execution = DEFAULT_EXECUTION,
     if execution.unavailable:
         res.status, res.messages = "skip", [f"not run ({execution.unavailable})"]
         return res
+    dtypes = case["dtype"].values() if isinstance(case["dtype"], dict) else [case["dtype"]]
+    if not has_complex(driver) and any(d.startswith("complex") for d in dtypes):
+        res.status, res.messages = "skip", [f"{driver.name} has no complex dtype (spec section 1)"]
+        return res
     layer = driver.make(case["config"])
     driver.set_state(layer, state or _DIRTY_STATE)
     before = copy.deepcopy(driver.get_state(layer))
@@ -189,6 +195,39 @@ def run_call_errors(driver, execution: Execution = DEFAULT_EXECUTION) -> list[Ch
     return [run_call_error(driver, case, execution) for case in call_error_cases()]
 
 
+def run_portable_loads(driver) -> list[CheckResult]:
+    """Section 9's loader rules through the driver's optional ``load_portable`` (none without it):
+    each refused load raises and leaves the state as it was; each accepted one gives its state."""
+    load = getattr(driver, "load_portable", None)
+    if load is None:
+        return []
+    results = []
+    for name, entries, error, want in portable_loads():
+        res = CheckResult(driver.name, "portable", name, "-", "pass")
+        layer = driver.make({})
+        driver.set_state(layer, _DIRTY_STATE)
+        before = {k: float(v) for k, v in driver.get_state(layer).items()}
+        try:
+            load(layer, copy.deepcopy(entries))
+        except Exception as e:  # noqa: BLE001 - a refusal of any class refuses; the class is a SHOULD
+            if error is None:
+                res.messages.append(f"{_must('portable')} refused a valid load: {type(e).__name__}: {str(e)[:200]}")
+            else:
+                after = {k: float(v) for k, v in driver.get_state(layer).items()}
+                if after != before:
+                    res.messages.append(f"{_must('portable')} a refused load changed the state: {before} -> {after}")
+        else:
+            if error is not None:
+                res.messages.append(f"{_must('portable')} loaded {name}, which section 9 refuses ({error})")
+            else:
+                got = {k: float(v) for k, v in driver.get_state(layer).items()}
+                if got != {k: float(v) for k, v in want.items()}:
+                    res.messages.append(f"{_must('portable')} state after the load {got}, expected {want}")
+        res.status = "fail" if res.messages else "pass"
+        results.append(res)
+    return results
+
+
 def run_driver(driver) -> list[CheckResult]:
     """Every vector case under every execution of ``driver``, the error cases (the call errors
     under each execution that asks for them), the driver's own ``extra_checks()``, then
@@ -201,7 +240,7 @@ def run_driver(driver) -> list[CheckResult]:
         if execution.errors:
             results += run_call_errors(driver, execution)
     driver.execution = executions(driver)[0]
-    return results + extra_checks(driver) + hook_checks(driver)
+    return results + run_portable_loads(driver) + extra_checks(driver) + hook_checks(driver)
 
 
 def run_spec(spec: str) -> dict:
@@ -209,7 +248,9 @@ def run_spec(spec: str) -> dict:
     from aion_conformance.registry import load_driver
 
     driver = load_driver(spec)
-    return {"driver": driver.name, "versions": driver.versions(),
+    note = spec_version_note(driver, SPEC_VERSION)
+    return {"driver": driver.name, "versions": driver.versions(), "spec_version": SPEC_VERSION,
+            "protocol_version": PROTOCOL_VERSION, "notes": [note] if note else [],
             "results": [asdict(r) for r in run_driver(driver)]}
 
 

@@ -31,7 +31,7 @@ INTEGRATION = frozenset({
     "tests/mlx/test_mlx_distributed.py",
 })
 #: ... or ``packaging``: the package as a user gets it, built, installed, type-checked.
-PACKAGING = frozenset({"tests/test_install.py", "tests/test_typing.py"})
+PACKAGING = frozenset({"tests/test_install.py", "tests/test_outside_driver.py", "tests/test_typing.py"})
 #: Comma-separated registry names (``AION_TEST_BACKENDS=torch,numpy``) that narrow a run.
 SELECT_ENV = "AION_TEST_BACKENDS"
 #: Registry backends of no framework: the array-API core itself.

@@ -38,6 +38,17 @@ def test_unknown_name_in_only_is_refused(tmp_path):
     assert proc.returncode == 2 and "unknown driver no-such-driver" in proc.stderr
 
 
+def test_builtins_not_installed_are_left_out_with_a_note_unless_named(monkeypatch):
+    """Both CLIs select through registry.select: without --only, a built-in whose framework is
+    missing is skipped with a one-line note; named in --only, it runs (and its crash is reported)."""
+    monkeypatch.setattr(registry, "missing", lambda name: [] if name == "numpy" else ["fw"])
+    selected, notes = registry.select(None, [])
+    assert selected == [("numpy", "numpy")]
+    assert notes[0] == "skipped array-api-strict: not installed (no module fw)"
+    assert len(notes) == len(registry.BACKENDS) - 1
+    assert registry.select(["torch"], []) == ([("torch", "torch")], [])
+
+
 def test_bad_driver_spec_is_reported(tmp_path):
     proc = _run(tmp_path, "--only", "numpy", "--driver", "no_such_module:Driver")
     assert proc.returncode == 1 and "crashed" in proc.stdout and "no_such_module" in proc.stdout

@@ -6,6 +6,8 @@ A bounded number of examples per driver here; ``-m slow`` runs a long one, and
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,9 @@ from aion_conformance.spec.musts import MUSTS
 #: the jitted drivers, Flax and Keras on JAX, the slowest at about 0.3 s an example) and in
 #: the slow one.
 CI_EXAMPLES, LONG_EXAMPLES = 80, 1000
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _fuzz_in_own_process(backend, examples, tmp_path):
@@ -118,3 +123,23 @@ def test_the_fuzzer_finds_a_wrong_driver_and_saves_a_case_that_reproduces_it(wro
     # The saved file reproduces it: the wrong driver fails it, the reference passes it.
     assert any(must in m for m in replay(spec, failure["file"]))
     assert replay("numpy", failure["file"]) == []
+
+
+def _cli(tmp_path, *args):
+    env = {"PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")])}
+    return registry.spawn(["-m", "aion_conformance.fuzz", "--out", str(tmp_path), "--examples", "10", *args],
+                          env=env, timeout=300)
+
+
+def test_cli_selects_an_outside_driver_by_its_name_and_exits_as_the_suite_does(tmp_path):
+    """As ``python -m aion_conformance``: --only takes an outside driver's name; exit 0 when it
+    agrees, 1 when a driver disagrees or crashes, 2 for a name no driver has."""
+    proc = _cli(tmp_path / "good", "--only", "outside-numpy", "--driver", "outside_driver:OutsideDriver")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [r["driver"] for r in json.loads((tmp_path / "good" / "fuzz.json").read_text())] == ["outside-numpy"]
+    proc = _cli(tmp_path / "wrong", "--only", "wrong-external", "--driver", "wrong_driver:WrongDriver")
+    assert proc.returncode == 1 and "DISAGREES" in proc.stdout, proc.stdout + proc.stderr
+    proc = _cli(tmp_path / "crash", "--only", "numpy", "--driver", "no_such_module:Driver")
+    assert proc.returncode == 1 and "crashed" in proc.stdout and "no_such_module" in proc.stdout, proc.stdout
+    proc = _cli(tmp_path / "unknown", "--only", "no-such-driver")
+    assert proc.returncode == 2 and "unknown driver no-such-driver" in proc.stderr, proc.stderr

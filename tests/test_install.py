@@ -51,8 +51,9 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "aion_core" / "__init__
 REPOSITORY = "https://github.com/aion-residual/aion-residual"
 # The frameworks' import names; PACKAGES (from tests/frameworks.py): import name -> folder in the tree.
 IMPORTS = [name for fw in FRAMEWORKS for name in fw.imports]
-# Our extras: the frameworks' (tests/frameworks.py) and the plots'.
-EXTRAS = {"report": {"matplotlib"}, **{extra: set(dists) for fw in FRAMEWORKS for extra, dists in fw.extras.items()}}
+# Our extras: the frameworks' (tests/frameworks.py), the plots' and the fuzzer's (`all` is every one).
+EXTRAS = {"report": {"matplotlib"}, "conformance": {"hypothesis"},
+          **{extra: set(dists) for fw in FRAMEWORKS for extra, dists in fw.extras.items()}}
 SCRATCH_PREFIX = "aion-test-install-"
 
 

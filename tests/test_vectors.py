@@ -165,3 +165,40 @@ def test_a_wrong_core_energy_is_caught_by_the_vectors(monkeypatch):
 def test_the_spec_defaults_of_the_reference_are_aion_core_s():
     assert core.AionConfig().to_dict() == reference.DEFAULTS
     assert {name: spec[2] for name, spec in core.STATE_SPEC.items()} == reference.INITIAL_STATE
+
+
+def test_spec_version_is_written_once_and_carried_everywhere():
+    """The spec's header, every vector file and the error-case file name SPEC_VERSION; the
+    spec's Changes section has an entry for it."""
+    from aion_conformance.spec import SPEC_VERSION
+
+    spec = (Path(__file__).parent.parent / "docs" / "spec.md").read_text()
+    assert spec.splitlines()[0] == f"# AION: normative specification (version {SPEC_VERSION})"
+    assert f"\n### {SPEC_VERSION} (from " in spec.split("\n## Changes\n", 1)[1]
+    versions = {p.name: json.loads(p.read_text())["spec_version"] for p in VECTOR_DIR.glob("*.json")}
+    assert set(versions.values()) == {SPEC_VERSION}, versions
+
+
+def test_a_driver_of_another_spec_version_gets_a_note_not_a_failure():
+    from aion_conformance.drivers.protocol import spec_version_note
+    from aion_conformance.spec import SPEC_VERSION
+
+    class Old(ReferenceDriver):
+        spec_version = "1"
+
+    assert spec_version_note(ReferenceDriver(), SPEC_VERSION) is None
+    assert spec_version_note(type("Now", (ReferenceDriver,), {"spec_version": SPEC_VERSION})(), SPEC_VERSION) is None
+    note = spec_version_note(Old(), SPEC_VERSION)
+    assert "spec version 1;" in note and SPEC_VERSION in note
+
+
+def test_a_driver_without_complex_dtypes_skips_the_complex_error_cases():
+    from aion_conformance.runner import run_call_errors
+
+    class NoComplex(ReferenceDriver):
+        has_complex = False
+
+    results = run_call_errors(NoComplex())
+    skipped = {r.case for r in results if r.status == "skip"}
+    assert skipped and all("complex" in name for name in skipped)
+    assert all(r.status == "pass" for r in results if r.case not in skipped)

@@ -14,6 +14,11 @@ from aion_pytorch import checks, closed_form
 from aion_pytorch.distributed import replica_mean_or_none
 
 
+def _wrap_int32(n: int) -> int:
+    """``n`` wrapped to int32's range, as the step_count buffer's increment wraps (spec section 3)."""
+    return (n + 2**31) % 2**32 - 2**31
+
+
 def _detach(t: torch.Tensor) -> torch.Tensor:
     return t.detach()
 
@@ -86,8 +91,8 @@ class AionResidual(nn.Module):
     before torch 2.13; on by default) then still copies rank 0's buffers to every rank
     before each forward.
 
-    With ``k_update > 1`` an eager layer keeps the schedule's phase (``step_count % k_update``)
-    on the host, so choosing the step needs no sync. A ``step_count`` written from outside (an
+    With ``k_update > 1`` an eager layer keeps a copy of ``step_count`` on the host (wrapping
+    in int32 as the buffer does), so choosing the step needs no sync. A ``step_count`` written from outside (an
     in-place op such as ``fill_`` or ``copy_``, a new buffer, ``load_state_dict``, a move to
     another device) is noticed from the buffer's version counter and read once, on the next
     training forward. Not noticed: writes that bypass the version counter (through ``.data``
@@ -117,16 +122,16 @@ class AionResidual(nn.Module):
         self.beta = nn.Parameter(torch.tensor(self.config.beta, dtype=torch.float32))
         for name, (dtype, _, value) in aion_core.STATE_SPEC.items():
             self.register_buffer(name, torch.tensor(value, dtype=getattr(torch, dtype)))
-        # Host-side phase of the k_update schedule, so choosing the branch needs no sync.
-        # It takes k values only: under torch.compile at most k_update graphs.
-        self._phase = 0
-        # The step_count buffer the phase belongs to and its version after the layer's own
+        # A host-side copy of step_count (int32, wrapping as the buffer does: spec section 3),
+        # so choosing the step of the k_update schedule needs no sync. Eager only.
+        self._count = 0
+        # The step_count buffer the copy belongs to and its version after the layer's own
         # last write: any other buffer or version means step_count was written from outside.
-        self._phase_mark = (self.step_count, _version(self.step_count))
+        self._count_mark = (self.step_count, _version(self.step_count))
         # Training forwards that activation checkpointing may recompute (aion_core.adapter.ReplayLog).
         self._replays = adapter.ReplayLog()
         self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
-        self.register_load_state_dict_post_hook(AionResidual._resync_phase)
+        self.register_load_state_dict_post_hook(AionResidual._resync_count)
 
     @property
     def process_group(self) -> dist.ProcessGroup | None:
@@ -204,8 +209,8 @@ class AionResidual(nn.Module):
             state, phase = record.state, record.phase
         else:
             if self.config.k_update > 1:
-                self._check_phase()
-            phase = self._phase
+                self._check_count()
+            phase = self._count % self.config.k_update
             # A copy: autograd may save the ratio (for beta's gradient), and this or a later
             # training forward updates the buffer in place.
             state = aion_core.AionState(self.ratio_ema.clone(), self.step_count, self.nonfinite_count)
@@ -217,8 +222,8 @@ class AionResidual(nn.Module):
         if record is None:
             self._write_state(new)
             if self.config.k_update > 1:
-                self._phase = (phase + 1) % self.config.k_update
-                self._phase_mark = (self.step_count, _version(self.step_count))
+                self._count = _wrap_int32(self._count + 1)
+                self._count_mark = (self.step_count, _version(self.step_count))
             if aion_torch_ops.may_be_recomputed():
                 self._replays.push(state, phase, aion_torch_ops.fingerprint(y))
         return (out, stats) if return_stats else out
@@ -268,19 +273,19 @@ class AionResidual(nn.Module):
             if isinstance(state_dict.get(prefix + name), torch.Tensor):
                 state_dict[prefix + name] = state_dict[prefix + name].to(getattr(torch, dtype))
 
-    def _check_phase(self) -> None:
+    def _check_count(self) -> None:
         # Eager only (compiled steps choose on the device). Reads only host-side counters;
         # the device only after an outside write.
-        buffer, version = self._phase_mark
+        buffer, version = self._count_mark
         if buffer is not self.step_count or version is None or version != _version(self.step_count):
-            self._resync_phase(None)
+            self._resync_count(None)
 
-    def _resync_phase(self, incompatible_keys):
+    def _resync_count(self, incompatible_keys):
         # One sync: at load time (a post-hook) or after an outside write. A meta tensor holds
-        # no value to read: the phase stays.
+        # no value to read: the copy stays.
         if self.config.k_update > 1 and self.step_count.device.type != "meta":
-            self._phase = int(self.step_count) % self.config.k_update
-        self._phase_mark = (self.step_count, _version(self.step_count))
+            self._count = int(self.step_count)
+        self._count_mark = (self.step_count, _version(self.step_count))
 
     def extra_repr(self) -> str:
         # The constructor's values (the current parameters are self.alpha0, self.beta):

@@ -37,11 +37,14 @@ class ArrayApiStrictDriver(BuiltinDriver):
         layer["alpha0"] = xp.asarray(alpha0, dtype=xp.float32)
         layer["beta"] = xp.asarray(beta, dtype=xp.float32)
 
+    # The layer's own state, not a checkpoint: a counter that wrapped (spec section 3) is kept,
+    # where the portable layout (section 9) refuses it.
     def set_state(self, layer, state):
-        layer["state"] = core.portable.state_from_dict(state, xp)
+        layer["state"] = core.AionState(*(xp.asarray(state[name], dtype=getattr(xp, dtype))
+                                          for name, (dtype, _, _) in core.STATE_SPEC.items()))
 
     def get_state(self, layer):
-        return {k: v.item() for k, v in core.portable.state_to_dict(layer["state"]).items()}
+        return {name: np.asarray(getattr(layer["state"], name)).item() for name in core.STATE_SPEC}
 
     def call(self, layer, mode, x, y, x_norm, cotangent, dtype):
         tx, ty, tn = convert_inputs(_from_numpy, (x, y, x_norm), dtype)

@@ -4,6 +4,12 @@ A driver wraps one implementation (a framework adapter, or anything behind a Pyt
 shim). The suite speaks to it only in numpy float64 arrays, Python numbers and dtype
 names; the driver converts to and from its own arrays. Every attribute the runner reads
 is declared here; the optional ones have the defaults of :class:`DriverDefaults`.
+
+The protocol has a version of its own (:data:`PROTOCOL_VERSION`), raised when a field a
+driver must read or return is added or changed; the spec version the suite tests is
+:data:`aion_conformance.spec.SPEC_VERSION`. A driver MAY declare the spec version it was
+written for (``spec_version``): the runner reports a mismatch as a note beside the results,
+not as a failure (the failures' labels say which rule each broken check is from).
 """
 
 from __future__ import annotations
@@ -13,6 +19,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+#: The driver protocol's version. 1: the calls of spec version 1 (one dtype name per call);
+#: 2 (spec 1.1): ``dtype`` may be a dict by input (mixed-dtype cases), ``out_dtype`` in
+#: every result, error cases with 0-d, bool, complex and integer inputs, the optional
+#: ``executions``, ``extra_checks``, ``trajectory``, ``load_portable``, ``spec_version`` and
+#: ``has_complex``.
+PROTOCOL_VERSION = 2
 #: Names of the input dtypes a case can ask for.
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 #: The array arguments of a call, in the order of :meth:`Driver.call`.
@@ -85,6 +97,12 @@ class Driver(Protocol):
         The ways it runs (optional; default one, :data:`DEFAULT_EXECUTION`). Before each
         case the runner sets ``execution`` to the one in force; :meth:`make` and
         :meth:`call` follow it.
+    spec_version : str
+        The spec version the implementation was written for, e.g. ``"1.1"`` (optional;
+        default None, not declared). A mismatch with the suite's is reported as a note.
+    has_complex : bool
+        Whether the framework has complex dtypes (optional; default True). Without them the
+        complex-input error cases are reported as skipped (spec section 12).
     """
 
     name: str
@@ -128,6 +146,17 @@ class Driver(Protocol):
         out when not given).
         """
 
+    def load_portable(self, layer: Any, entries: dict[str, Any]) -> None:
+        """Load one layer's portable checkpoint entries (spec section 9) into ``layer`` (optional).
+
+        ``entries`` maps the entry names without the layer's path (``alpha0``, ``beta``,
+        ``ratio_ema``, ``step_count``, ``nonfinite_count``, maybe ``alpha_cached`` or an
+        unknown name) to Python numbers, 0-d or 1-d numpy arrays, numpy complex scalars or
+        strings, as a checkpoint file may hold them. The driver loads them through the
+        implementation's own checkpoint loader; on an entry section 9 refuses it raises and
+        leaves the layer as it was. Without this method the section-9 cases are not run.
+        """
+
     def extra_checks(self) -> list[CheckResult]:
         """Checks of the driver's own, run after the shared ones (optional; default none)."""
 
@@ -147,6 +176,8 @@ class DriverDefaults:
     """Base class giving a driver the optional attributes of :class:`Driver`."""
 
     has_grads = True
+    has_complex = True
+    spec_version: str | None = None
     executions = (DEFAULT_EXECUTION,)
     execution = DEFAULT_EXECUTION
 
@@ -175,6 +206,26 @@ def dtype_name(dtype) -> str:
 def executions(driver) -> tuple[Execution, ...]:
     """The driver's ``executions``; the default one for an outside driver that lists none."""
     return tuple(getattr(driver, "executions", DriverDefaults.executions))
+
+
+def spec_version_note(driver, suite_version: str) -> str | None:
+    """A note when the driver declares a ``spec_version`` other than the suite's (None otherwise).
+
+    >>> class Old(DriverDefaults):
+    ...     name, spec_version = "old", "1"
+    >>> print(spec_version_note(Old(), "1.1"))
+    old declares spec version 1; the suite tests spec version 1.1 (docs/spec.md, Changes, lists what changed)
+    """
+    declared = getattr(driver, "spec_version", None)
+    if declared is None or str(declared) == suite_version:
+        return None
+    return (f"{driver.name} declares spec version {declared}; the suite tests spec version {suite_version} "
+            "(docs/spec.md, Changes, lists what changed)")
+
+
+def has_complex(driver) -> bool:
+    """The driver's ``has_complex``; True for an outside driver that does not declare it."""
+    return getattr(driver, "has_complex", DriverDefaults.has_complex)
 
 
 def has_grads(driver) -> bool:

@@ -18,15 +18,24 @@ from aion_core import closed_form
 
 
 def state_numbers(state: core.AionState) -> dict:
-    """The state as Python numbers, the form drivers exchange it in."""
-    return {name: value.item() for name, value in core.portable.state_to_dict(state).items()}
+    """The state as Python numbers, the form drivers exchange it in.
+
+    The layer's own state, not a checkpoint: a counter that wrapped past ``2**31 - 1``
+    (spec section 3) is kept, where the portable layout (section 9) refuses it.
+    """
+    return {name: np.asarray(getattr(state, name)).item() for name in core.STATE_SPEC}
+
+
+def _state(numbers: dict) -> core.AionState:
+    """:func:`state_numbers` back to an :class:`~aion_core.AionState` of the dtypes of spec section 3."""
+    return core.AionState(*(np.asarray(numbers[name], dtype) for name, (dtype, _, _) in core.STATE_SPEC.items()))
 
 
 def core_call(config: core.AionConfig, alpha0: float, beta: float, state: dict, mode: str, x, y, x_norm=None,
               cotangent=None):
     """One call of ``aion_core`` on numpy float64. Returns ``(result, new_state)`` in the driver format."""
     a0, b = np.asarray(np.float64(alpha0)), np.asarray(np.float64(beta))
-    st = core.portable.state_from_dict(state, np)
+    st = _state(state)
     update = mode == "train" and bool(core.is_update_step(int(st.step_count), config.k_update))
     with np.errstate(invalid="ignore", over="ignore"):
         if mode == "train":
@@ -56,11 +65,17 @@ class ReferenceDriver(BuiltinDriver):
         return {"config": core.AionConfig(**config), "alpha0": 0.1, "beta": 0.05,
                 "state": state_numbers(core.initial_state(np))}
 
+    def load_portable(self, layer, entries):
+        """Spec section 9 as ``aion_core.portable`` reads a layer's entries: all checked, then written."""
+        full = core.portable.layer_entries(entries)
+        layer["alpha0"], layer["beta"] = float(full["alpha0"]), float(full["beta"])
+        layer["state"] = state_numbers(core.portable.state_from_dict(full, np))
+
     def set_params(self, layer, alpha0, beta):
         layer["alpha0"], layer["beta"] = float(np.float32(alpha0)), float(np.float32(beta))
 
     def set_state(self, layer, state):
-        layer["state"] = state_numbers(core.portable.state_from_dict(state, np))
+        layer["state"] = state_numbers(_state(state))
 
     def get_state(self, layer):
         return dict(layer["state"])

@@ -119,6 +119,9 @@ CASE_MUSTS = {
     "cancelling_f16": "spec 4: the 16-bit multiply-add in float32, rounded once",
     "overflow_f16": "spec 4, 10: a float16 output past 65504 rounds to inf",
     "overflow_energy_f32": "spec 5, 7: a guarded or hold step sends no gradient through the ratio",
+    "guard_per_call_f32": "spec 7: the guard is per call: no row's gradient passes through a guarded ratio",
+    "step_count_wraps_f32": "spec 3: step_count wraps in int32 (2**31 - 1 + 1 = -2**31)",
+    "step_count_wraps_k3_f32": "spec 3: the k_update schedule reads the wrapped step_count",
 }
 
 
@@ -186,6 +189,24 @@ def vector_cases() -> list[dict]:
                   "state": dict(fresh),
                   "calls": _calls(rng, "float32", (2, 8), [T, T, T, T, E],
                                   scales=[(1.0, 1e30), (1.0, 1e30), (1.0, 1.0), (1.0, 1e30), (1.0, 1.0)])})
+    # Spec 1.1, section 7: the guard is per call, not per row. One row's float32 energy of y
+    # overflows (its ratio is inf, so the batch ratio is), the other row's ratio is finite:
+    # no gradient through the ratio reaches either row (x_norm's gradient exactly 0).
+    rows = _calls(rng, "float32", (2, 8), [T, T, E])
+    for call in rows[:1]:
+        call["y"][0] = round_to(call["y"][0] * 1e30, "float32")
+    cases.append({"name": "guard_per_call_f32", "dtype": "float32", "config": {}, "state": dict(fresh),
+                  "calls": rows})
+    # Spec 1.1, section 3: step_count counts in int32 two's complement, 2**31 - 1 + 1 = -2**31,
+    # and the schedule reads the wrapped counter (update iff step_count mod k_update is 0).
+    cases.append({"name": "step_count_wraps_f32", "dtype": "float32", "config": {},
+                  "state": {"ratio_ema": 1.25, "step_count": 2**31 - 2, "nonfinite_count": 0},
+                  "calls": _calls(rng, "float32", (2, 6), [T, T, T, E])})
+    # The same wrap with k_update = 3: 2**32 is no multiple of 3, so a schedule kept by
+    # counting steps mod 3 (not reading the wrapped counter) takes the wrong step after it.
+    cases.append({"name": "step_count_wraps_k3_f32", "dtype": "float32", "config": {"k_update": 3},
+                  "state": {"ratio_ema": 1.25, "step_count": 2**31 - 3, "nonfinite_count": 0},
+                  "calls": _calls(rng, "float32", (2, 6), [T, T, T, T, T, T, E])})
     cases = [{**case, "must": CASE_MUSTS[case["name"]]} for case in cases]
     return cases + found_cases()
 
@@ -222,6 +243,8 @@ CONFIG_ERRORS = [
     ({"epsilon": 1e-40}, "ValueError"),
     # sync_ratio is a switch: a truthy int or string is a mistake, not a choice.
     ({"sync_ratio": 1}, "TypeError"), ({"sync_ratio": "yes"}, "TypeError"), ({"sync_ratio": None}, "TypeError"),
+    # An integer beyond float64 (spec 1.1, section 2): out of range (ValueError), not a wrong type.
+    ({"alpha0": 10**400}, "ValueError"), ({"beta": -(10**400)}, "ValueError"), ({"epsilon": 10**400}, "ValueError"),
 ]
 
 
@@ -250,7 +273,52 @@ def call_error_cases() -> list[dict]:
         # The dtype check comes first (section 8): x_norm's dtype wins over its shape.
         ("x_norm_integer", f((2, 3)), f((2, 3)), np.ones((2, 4), np.int32),
          {"x": f32, "y": f32, "x_norm": "int32"}, "TypeError", "x_norm"),
+        # Spec 1.1, section 8: the dtypes of all arguments before any shape check ...
+        ("order_y_dtype_before_x_empty", f((0, 3)), np.ones((0, 3), np.int32), None,
+         {"x": f32, "y": "int32"}, "TypeError", "y"),
+        # ... then per argument, all of its shape checks before the next argument's: x's
+        # emptiness before y's missing axis (per check, y's missing axis would come first) ...
+        ("order_x_empty_before_y_scalar", f((0, 4)), f(()), None, f32, "ValueError", "x"),
+        # ... and y's shape before x_norm's missing axis.
+        ("order_y_shape_before_x_norm_scalar", f((2, 3)), f((2, 4)), f(()), f32, "ValueError", "y"),
     ]
     return [{"name": f"{name}_{mode}" + ("" if k == 1 else f"_k{k}"), "config": {"k_update": k}, "mode": mode,
              "x": x, "y": y, "x_norm": xn, "dtype": dt, "error": err, "argument": arg}
             for name, x, y, xn, dt, err, arg in cases for mode in ("train", "eval") for k in (1, 2)]
+
+
+#: A layer's portable entries (spec section 9, names without the layer's path) that load.
+PORTABLE_VALID = {"alpha0": float(np.float32(0.2)), "beta": float(np.float32(0.07)), "ratio_ema": 1.5,
+                  "step_count": 4, "nonfinite_count": 2}
+
+
+def portable_loads() -> list[tuple[str, dict, str | None, dict | None]]:
+    """Section 9's loader rules: ``(name, entries, refusal class or None, state after a load)``.
+
+    A refused load names the class section 9 says a loader SHOULD raise (the suite requires
+    a refusal and the state unchanged; the class is reported, not required). An accepted one
+    gives the state the loader must hold after it.
+    """
+    v = PORTABLE_VALID
+    state = {"ratio_ema": v["ratio_ema"], "step_count": v["step_count"], "nonfinite_count": v["nonfinite_count"]}
+    without = {k: x for k, x in v.items() if k != "nonfinite_count"}
+    refused = [
+        ("missing_beta", {k: x for k, x in v.items() if k != "beta"}, "KeyError"),
+        ("unknown_entry", {**v, "gamma": 0.5}, "ValueError"),
+        ("negative_step_count", {**v, "step_count": -1}, "ValueError"),
+        ("fractional_step_count", {**v, "step_count": 3.7}, "ValueError"),
+        ("step_count_beyond_int32", {**v, "step_count": 2**40}, "ValueError"),
+        ("negative_nonfinite_count", {**v, "nonfinite_count": -1}, "ValueError"),
+        ("nan_ratio_ema", {**v, "ratio_ema": float("nan")}, "ValueError"),
+        ("negative_ratio_ema", {**v, "ratio_ema": -1.0}, "ValueError"),
+        ("alpha0_inf_in_float32", {**v, "alpha0": 1e300}, "ValueError"),
+        ("beta_not_0d", {**v, "beta": np.array([0.05])}, "ValueError"),
+        ("complex_ratio_ema", {**v, "ratio_ema": np.complex64(1.5)}, "TypeError"),
+        ("string_alpha0", {**v, "alpha0": "0.1"}, "TypeError"),
+    ]
+    accepted = [
+        ("all_entries", dict(v), state),
+        ("integral_float_counter", {**v, "step_count": 4.0}, state),
+        ("aion_torch_102_layout", {**without, "alpha_cached": 0.19}, {**state, "nonfinite_count": 0}),
+    ]
+    return [(n, e, err, None) for n, e, err in refused] + [(n, e, None, st) for n, e, st in accepted]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aion_conformance.spec import SPEC_VERSION
 from aion_conformance.spec.cases import CONFIG_ERRORS, call_error_cases, vector_cases
 from aion_conformance.spec.json_numbers import decode, encode
 from aion_conformance.spec.reference import reference_call, spec_config
@@ -35,7 +36,8 @@ def expected_case(case: dict) -> dict:
                                        call["x"], call["y"], call["x_norm"], call["cotangent"], dtypes)
         calls.append({**call, "expected": {**result, "state": dict(state)}})
     mixed = {"input_dtypes": case["input_dtypes"]} if case.get("input_dtypes") else {}
-    return {"name": case["name"], "must": case.get("must", ""), "dtype": case["dtype"], **mixed,
+    return {"spec_version": SPEC_VERSION,  # the spec version whose rules gave these answers
+            "name": case["name"], "must": case.get("must", ""), "dtype": case["dtype"], **mixed,
             # sync_ratio acts between replicas only and a vector is one process: its config
             # keeps the keys it always had (outside drivers read them).
             "config": {k: v for k, v in config.items() if k != "sync_ratio"},
@@ -59,6 +61,7 @@ def render_all() -> dict[str, str]:
     """File name -> JSON text for every vector file."""
     files = {f"{c['name']}.json": expected_case(c) for c in vector_cases()}
     files["errors.json"] = {
+        "spec_version": SPEC_VERSION,
         "config_errors": [{"config": c, "error": e} for c, e in CONFIG_ERRORS],
         "call_errors": [{**c, "x": c["x"].shape, "y": c["y"].shape,
                          "x_norm": None if c["x_norm"] is None else c["x_norm"].shape}

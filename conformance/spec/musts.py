@@ -16,5 +16,6 @@ MUSTS = {
     "failed call state": "spec 5: a failed call changes no state",
     "trajectory": "spec 10: trajectory parity",
     "checkpoint": "spec 9: portable checkpoint",
+    "portable": "spec 9: a loader refuses what the cast would change",
     "original": "spec 11: training equals aion-torch 1.0.2",
 }

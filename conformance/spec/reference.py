@@ -62,6 +62,15 @@ def _float32(value: float) -> float:
         return float(np.float32(value))
 
 
+def _int32_next(count: int) -> int:
+    """``count + 1`` in int32 two's complement (section 3): ``2**31 - 1`` is followed by ``-2**31``.
+
+    >>> _int32_next(5), _int32_next(2**31 - 1)
+    (6, -2147483648)
+    """
+    return (count + 1 + 2**31) % 2**32 - 2**31
+
+
 def _energy(t: np.ndarray) -> np.ndarray:
     """Section 4: ``E[t] = mean(t * t)`` over the last axis, one value per row (kept as an axis)."""
     return np.mean(t * t, axis=-1, keepdims=True)
@@ -134,7 +143,8 @@ def reference_forward(config, alpha0: float, beta: float, state: Mapping, mode: 
             r_s = ratio = ema
         alpha = a0 / (1.0 + b * r_s)
         out = alpha * y if x is None else x + alpha * y
-    new_state = {"ratio_ema": ema, "step_count": steps + 1 if mode == "train" else steps,
+    # Section 3: step_count is int32 and counts in its two's complement: 2**31 - 1 + 1 wraps to -2**31.
+    new_state = {"ratio_ema": ema, "step_count": _int32_next(steps) if mode == "train" else steps,
                  "nonfinite_count": nonfinite}
     return {"out": out, "stats": {"alpha": alpha, "ratio": ratio, "ratio_ema": ema}, "state": new_state,
             "update": update, "live": live, "r_s": r_s, "alpha": alpha, "x": x, "y": y, "x_ref": x_ref,
