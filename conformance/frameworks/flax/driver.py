@@ -87,6 +87,10 @@ class NnxDriver(_FlaxDriver):
     def get_state(self, layer):
         return {name: getattr(layer, name)[...].item() for name in core.STATE_SPEC}
 
+    def load_portable(self, layer, entries):
+        """Through ``aion_flax.nnx_from_portable``, as a user loads a portable checkpoint."""
+        aion_flax.nnx_from_portable(layer, entries)
+
     def _call(self, layer, mode, x, y, x_norm, cotangent, dtype):
         inputs = _inputs(self.execution, (x, y, x_norm), dtype)
         if self.execution.name == "nnx.jit":
@@ -156,6 +160,10 @@ class LinenDriver(_FlaxDriver):
     def get_state(self, layer):
         stats = layer[1][aion_linen.STATS_COLLECTION]
         return {name: stats[name].item() for name in core.STATE_SPEC}
+
+    def load_portable(self, layer, entries):
+        """Through ``aion_flax.linen_from_portable`` (new variables; the old ones kept on failure)."""
+        layer[1] = aion_flax.linen_from_portable(layer[1], entries)
 
     def _call(self, layer, mode, x, y, x_norm, cotangent, dtype):
         module, variables = layer

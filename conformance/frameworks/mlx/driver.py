@@ -22,7 +22,7 @@ from aion_conformance.drivers.base import (BuiltinDriver, convert_inputs, driver
 from aion_conformance.drivers.protocol import FLOAT_DTYPES, Execution
 from aion_conformance.frameworks.mlx import arrays, autodiff
 from aion_core import portable
-from aion_mlx import AionResidual, checkpoint
+from aion_mlx import AionResidual, checkpoint, from_portable
 
 COMPILED = "mx.compile"
 CHECKPOINT = "aion_mlx.checkpoint"
@@ -142,6 +142,10 @@ class MlxDriver(BuiltinDriver):
         # Written by hand, as a user may do: the layer must follow a step_count it did not write.
         for name, value in core.portable.state_entries(state).items():
             setattr(layer.module, name, mx.array(value))
+
+    def load_portable(self, layer, entries):
+        """Through ``aion_mlx.from_portable``, as a user loads a portable checkpoint."""
+        from_portable(layer.module, entries)
 
     def get_state(self, layer):
         check_spec_dtypes(layer.module)
