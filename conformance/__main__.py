@@ -52,12 +52,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.device:
         os.environ[DEVICE_ENV] = args.device  # read in each backend's process
-    try:
-        selected, notes = registry.select(args.only, args.driver)
-    except ValueError as e:
-        p.error(str(e))
-    for note in notes:
-        print(note, flush=True)
+    selected = registry.select_for_cli(p, args.only, args.driver)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = run_all(selected)
     extra, ok = [], True

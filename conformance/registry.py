@@ -121,6 +121,18 @@ def select(only: list[str] | None, outside: list[str]) -> tuple[list[tuple[str, 
             + [(spec, None) for spec, name in named.items() if name in keep or name is None]), notes
 
 
+def select_for_cli(parser, only: list[str] | None, outside: list[str]) -> list[tuple[str, str | None]]:
+    """:func:`select` for a command line: an unknown name is ``parser``'s usage error (exit 2),
+    and each note is printed."""
+    try:
+        targets, notes = select(only, outside)
+    except ValueError as e:
+        parser.error(str(e))
+    for note in notes:
+        print(note, flush=True)
+    return targets
+
+
 def _driver_name(spec: str) -> str | None:
     try:
         return load_driver(spec).name

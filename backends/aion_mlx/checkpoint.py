@@ -21,13 +21,12 @@ import mlx.nn as nn
 import numpy as np
 
 from aion_core import portable
-from aion_mlx.layers import AionResidual
+from aion_mlx.layers import AionResidual, aion_layers
 
 
 def _layers(model: nn.Module) -> list[tuple[str, AionResidual]]:
     """Every AionResidual in ``model`` with its key prefix (``"blocks.0.aion."``, ``""`` at the top)."""
-    return [(f"{path}." if path else "", module) for path, module in model.named_modules()
-            if isinstance(module, AionResidual)]
+    return [(f"{path}." if path else "", layer) for path, layer in aion_layers(model)]
 
 
 def _numpy(value) -> np.ndarray:

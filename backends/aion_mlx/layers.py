@@ -170,6 +170,11 @@ class AionScale(AionResidual):
         return super().__call__(None, y, x_norm, return_stats=return_stats)
 
 
+def aion_layers(model: nn.Module) -> list[tuple[str, AionResidual]]:
+    """Every :class:`AionResidual` in ``model`` with its dotted path (``""`` for ``model`` itself)."""
+    return [(path, module) for path, module in model.named_modules() if isinstance(module, AionResidual)]
+
+
 class AionBlock(nn.Module):
     """Pre-norm residual block: ``AionResidual(x, layer(LayerNorm(x)), x_norm=LayerNorm(x))``.
 

@@ -19,13 +19,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 import aion_core as core
-from aion_mlx.layers import AionResidual
+from aion_mlx.layers import AionResidual, aion_layers
 
 _STATE_NAMES = tuple(core.STATE_SPEC)
-
-
-def _layers(module: nn.Module) -> list[AionResidual]:
-    return [m for _, m in module.named_modules() if isinstance(m, AionResidual)]
 
 
 def _read(layers: list[AionResidual]) -> list[list[mx.array]]:
@@ -67,7 +63,7 @@ def checkpoint(module: nn.Module, fn: Callable | None = None) -> Callable:
     1
     """
     fn = module if fn is None else fn
-    layers = _layers(module)
+    layers = [layer for _, layer in aion_layers(module)]
 
     def run(params, states, *args, **kwargs):
         found = _read(layers)  # another call's state, when this is a recomputation

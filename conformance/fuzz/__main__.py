@@ -36,12 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("reports") / "fuzz")
     p.add_argument("--replay", type=Path, help="a saved case (found_*.json): run it on the drivers, no fuzzing")
     args = p.parse_args(argv)
-    try:
-        targets, notes = registry.select(args.only, args.driver)
-    except ValueError as e:
-        p.error(str(e))
-    for note in notes:
-        print(note, flush=True)
+    targets = registry.select_for_cli(p, args.only, args.driver)
     if args.replay is not None:
         return _replay(targets, args.replay, args.every_execution)
     results = []
