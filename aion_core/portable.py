@@ -18,7 +18,7 @@ AionState(ratio_ema=array(1.5, dtype=float32), step_count=array(3, dtype=int32),
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -125,6 +125,48 @@ def layer_entries(entries: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
     if missing:
         raise KeyError(f"checkpoint has no entry {prefix + missing[0]!r}")
     return {name: entry(name, merged[name], key=prefix + name) for name in ENTRY_DTYPES}
+
+
+def read_layers(flat: Mapping, prefixes: Iterable[str], convert: Callable = np.asarray, *,
+                require: bool = True, exclusive: bool = True) -> tuple[list[dict[str, np.ndarray] | None], set[str]]:
+    """Each layer's entries in a flat checkpoint, read by :func:`layer_entries`, before any is written.
+
+    ``prefixes``: each layer's key prefix (``"blocks.0.aion."``, ``""`` for a lone layer);
+    ``convert`` turns a framework's value into a numpy array first. Returns the layers'
+    entries in the order of ``prefixes`` (None for a layer with no entry at all, when not
+    ``require``) and the keys read. ``exclusive``: every key of ``flat`` must belong to a
+    layer (a checkpoint of AION entries alone).
+
+    Raises
+    ------
+    KeyError, TypeError, ValueError
+        As :func:`layer_entries` (naming the full key); ValueError also for keys of no layer.
+
+    Examples
+    --------
+    >>> layers, used = read_layers({"a.alpha0": 0.2, "a.beta": 0.1, "a.ratio_ema": 1.0,
+    ...                             "a.step_count": 2}, ["a."])
+    >>> int(layers[0]["step_count"]), sorted(used)[0]
+    (2, 'a.alpha0')
+    >>> read_layers({"a.alpha0": 0.2, "b.beta": 0.1}, ["a."], require=False)
+    Traceback (most recent call last):
+    ...
+    KeyError: "checkpoint has no entry 'a.beta'"
+    """
+    layers: list[dict[str, np.ndarray] | None] = []
+    used: set[str] = set()
+    for prefix in prefixes:
+        present = {name: convert(flat[prefix + name])
+                   for name in (*ENTRY_DTYPES, *IGNORED_ENTRIES) if prefix + name in flat}
+        if not present and not require:
+            layers.append(None)
+            continue
+        used.update(prefix + name for name in present)
+        layers.append(layer_entries(present, prefix))
+    unused = sorted(set(flat) - used)
+    if exclusive and unused:
+        raise ValueError(f"checkpoint entries match no AION layer: {unused[:5]}")
+    return layers, used
 
 
 def state_to_dict(state: AionState) -> dict[str, np.ndarray]:

@@ -59,7 +59,7 @@ def _read_layer(path: tuple, shapes: Mapping[str, tuple], flat: Mapping, used: s
 def _check_all_used(flat: Mapping, used: set) -> None:
     unused = sorted(set(flat) - used)
     if unused:
-        raise ValueError(f"checkpoint entries match no AionResidual: {unused[:5]}")
+        raise ValueError(f"checkpoint entries match no AION layer: {unused[:5]}")
 
 
 def _nnx_layers(model):

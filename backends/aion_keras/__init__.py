@@ -11,6 +11,7 @@ The same code runs on the TensorFlow, JAX and PyTorch backends.
 """
 
 from aion_core import __version__ as __version__
+from aion_keras.checkpoint import from_portable, to_portable
 from aion_keras.residual import AionBlock, AionResidual, AionScale
 
-__all__ = ["AionBlock", "AionResidual", "AionScale"]
+__all__ = ["AionBlock", "AionResidual", "AionScale", "from_portable", "to_portable"]

@@ -36,18 +36,15 @@ def _numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def _read(model: nn.Module, flat: Mapping, *, require: bool) -> tuple[dict[str, np.ndarray], set[str]]:
+def _read(model: nn.Module, flat: Mapping, *, require: bool,
+          exclusive: bool = False) -> tuple[dict[str, np.ndarray], set[str]]:
     """The AION entries of every layer of ``model`` found in ``flat``, checked and converted
-    (``require``: a layer with no entry at all raises too), and the keys they came from."""
-    read: dict[str, np.ndarray] = {}
-    used: set[str] = set()
-    for prefix, _ in _layers(model):
-        present = {name: _numpy(flat[prefix + name])
-                   for name in (*portable.ENTRY_DTYPES, *portable.IGNORED_ENTRIES) if prefix + name in flat}
-        if not present and not require:
-            continue
-        used.update(prefix + name for name in present)
-        read.update({prefix + name: value for name, value in portable.layer_entries(present, prefix).items()})
+    (``require``: a layer with no entry at all raises too; ``exclusive``: so does a key of no
+    layer), and the keys they came from."""
+    prefixes = [prefix for prefix, _ in _layers(model)]
+    layers, used = portable.read_layers(flat, prefixes, _numpy, require=require, exclusive=exclusive)
+    read = {prefix + name: value for prefix, entries in zip(prefixes, layers) if entries is not None
+            for name, value in entries.items()}
     return read, used
 
 
@@ -74,14 +71,9 @@ def from_portable(model: nn.Module, flat: Mapping) -> None:
     Raises
     ------
     KeyError, TypeError, ValueError
-        As :func:`aion_core.portable.layer_entries` reads a layer's entries (one missing,
-        not numeric, not 0-d or out of range); ValueError too for an entry that matches no
-        AION layer of ``model``.
+        As :func:`aion_core.portable.read_layers` reads the checkpoint.
     """
-    read, used = _read(model, flat, require=True)
-    unused = sorted(set(flat) - used)
-    if unused:
-        raise ValueError(f"checkpoint entries match no AionResidual: {unused[:5]}")
+    read, _ = _read(model, flat, require=True, exclusive=True)
     model.load_weights([(key, mx.array(value)) for key, value in read.items()], strict=False)
 
 

@@ -9,10 +9,12 @@
 """
 
 from aion_core import __version__ as __version__
+from aion_pytorch.checkpoint import from_portable, load_state_dict, to_portable
 from aion_pytorch.distributed import fsdp_ignored_params, set_process_group
 from aion_pytorch.functional import compute_alpha, energy
 from aion_pytorch.residual import AionBlock, AionResidual, AionScale
 from aion_pytorch.zoo import AionScaledBranch, scale_branches
 
 __all__ = ["AionBlock", "AionResidual", "AionScale", "AionScaledBranch", "compute_alpha", "energy",
-           "fsdp_ignored_params", "scale_branches", "set_process_group"]
+           "from_portable", "fsdp_ignored_params", "load_state_dict", "scale_branches", "set_process_group",
+           "to_portable"]

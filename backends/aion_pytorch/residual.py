@@ -251,17 +251,26 @@ class AionResidual(nn.Module):
 
         return super()._apply(keep_dtype, recurse)
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """torch's ``load_state_dict``, all or nothing: a load that raises leaves the layer as it
+        was (:func:`aion_pytorch.checkpoint.load_state_dict`)."""
+        from aion_pytorch.checkpoint import load_state_dict
+
+        return load_state_dict(self, state_dict, strict, assign)
+
     def _upgrade_state_dict(self, state_dict, prefix, *args, **kwargs):
         # aion-torch 1.0.2 checkpoints (spec section 9): alpha_cached is derived state here
         # (eval alpha is recomputed from alpha0, beta and ratio_ema), nonfinite_count is new.
         # Each 0-d entry is checked as aion_core.portable reads it (complex, non-integral or
         # out-of-range counters, a non-finite ratio) before any of this layer's entries is
         # written: torch would keep a complex value's real part, truncate 3.7 to 3 and store
-        # a NaN ratio. Other checks (missing, unexpected, shape) are torch's. (A host read,
-        # at load time only.)
+        # a NaN ratio; it would take a 1-element 1-d entry as its value. Other checks (missing,
+        # unexpected) are torch's. (A host read, at load time only.)
         for name in aion_core.portable.ENTRY_DTYPES:
             value = state_dict.get(prefix + name)
-            if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_meta:
+            if isinstance(value, torch.Tensor) and value.dim() != 0:
+                raise ValueError(f"checkpoint entry {prefix + name!r} must be 0-d, got shape {tuple(value.shape)}")
+            if isinstance(value, torch.Tensor) and not value.is_meta:
                 number = value.detach().cpu()
                 number = number.double() if number.is_floating_point() else number  # numpy has no bfloat16
                 aion_core.portable.entry(name, number.numpy(), key=prefix + name)
@@ -338,6 +347,13 @@ class AionBlock(nn.Module):
     def config(self) -> aion_core.AionConfig:
         """The validated hyper-parameters of the block's :class:`AionResidual`."""
         return self.aion.config
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """torch's ``load_state_dict``; a load that raises leaves the block's AION layer as it
+        was (:func:`aion_pytorch.checkpoint.load_state_dict`)."""
+        from aion_pytorch.checkpoint import load_state_dict
+
+        return load_state_dict(self, state_dict, strict, assign)
 
     def forward(self, x: torch.Tensor,
                 return_stats: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:

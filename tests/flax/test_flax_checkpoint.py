@@ -94,7 +94,7 @@ def test_loading_refuses_missing_and_unknown_entries():
     flat = to_portable(_Net(0))
     with pytest.raises(KeyError, match="blocks.1.aion.beta"):
         nnx_from_portable(_Net(0), {k: v for k, v in flat.items() if k != "blocks.1.aion.beta"})
-    with pytest.raises(ValueError, match="match no AionResidual"):
+    with pytest.raises(ValueError, match="match no AION layer"):
         nnx_from_portable(_Net(0), {**flat, "blocks.7.aion.beta": np.float32(1.0)})
 
 

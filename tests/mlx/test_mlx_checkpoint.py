@@ -225,9 +225,9 @@ def test_from_portable_refuses_missing_and_unknown_entries_and_writes_nothing():
     before = _numbers(target)
     with pytest.raises(KeyError, match="layers.1.aion.beta"):
         aion_mlx.from_portable(target, {k: v for k, v in entries.items() if k != "layers.1.aion.beta"})
-    with pytest.raises(ValueError, match="match no AionResidual"):
+    with pytest.raises(ValueError, match="match no AION layer"):
         aion_mlx.from_portable(target, {**entries, "layers.7.aion.beta": np.float32(1.0)})
-    with pytest.raises(ValueError, match="match no AionResidual"):
+    with pytest.raises(ValueError, match="match no AION layer"):
         aion_mlx.from_portable(target, {**entries, "layers.2.weight": np.ones((4, DIM), np.float32)})
     with pytest.raises(ValueError, match="ratio_ema"):
         aion_mlx.from_portable(target, {**entries, "layers.1.aion.ratio_ema": np.float32(-1.0)})

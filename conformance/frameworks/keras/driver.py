@@ -14,7 +14,7 @@ from aion_conformance.drivers.base import (BuiltinDriver, all_floating, convert_
 from aion_conformance.drivers.protocol import Execution
 from aion_conformance.frameworks.keras import arrays as fw
 from aion_conformance.frameworks.keras.autodiff import value_and_grad
-from aion_keras import AionResidual
+from aion_keras import AionResidual, from_portable
 
 if fw.BACKEND == "jax":
     import jax
@@ -97,6 +97,10 @@ class KerasDriver(BuiltinDriver):
     def set_state(self, slot, state):
         for name, value in core.portable.state_entries(state).items():
             getattr(slot.layer, name).assign(value)
+
+    def load_portable(self, slot, entries):
+        """Through ``aion_keras.from_portable``, as a user loads a portable checkpoint."""
+        from_portable(slot.layer, entries)
 
     def get_state(self, slot):
         return {name: ops.convert_to_numpy(getattr(slot.layer, name).value).item()

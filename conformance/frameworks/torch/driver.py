@@ -15,6 +15,13 @@ from aion_conformance.spec.musts import MUSTS
 from aion_pytorch import AionResidual
 
 
+def _tensor(value):
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        return value
+
+
 class TorchDriver(BuiltinDriver):
     name = "torch"
     executions = runs.EXECUTIONS
@@ -38,6 +45,11 @@ class TorchDriver(BuiltinDriver):
         with torch.no_grad():
             for name, value in entries.items():
                 getattr(layer.module, name).copy_(value)
+
+    def load_portable(self, layer, entries):
+        """Through the layer's ``load_state_dict``, as a user loads a checkpoint: each value as
+        the tensor ``torch.as_tensor`` makes of it (a string as it is, which torch refuses)."""
+        layer.module.load_state_dict({name: _tensor(value) for name, value in entries.items()})
 
     def get_state(self, layer):
         runs.check_spec_dtypes(layer.module)
