@@ -65,6 +65,20 @@ def test_cross_backend_check_can_fail():
     assert not rows["keras-jax"]["passed"] and rows["keras-jax"]["scale"] > 1e-5
 
 
+def test_the_twin_run_widens_the_bound_only_as_far_as_it_moved():
+    ref = {"backend": "torch", "depth": 2, "seed": 0, "variant": "post-standard", "loss": [1.0, 0.5, 0.25],
+           "grad_norm": [1.0, 2.0, 3.0], "scale": None}
+    twin = {**ref, "grad_norm": [1.0, 2.0, 3.0 * (1 + 1e-5)], "nudged": True}
+    near = {**ref, "backend": "flax-nnx", "grad_norm": [1.0, 2.0, 3.0 * (1 + 5e-5)]}
+    far = {**ref, "backend": "keras-jax", "grad_norm": [1.0, 2.0, 3.0 * (1 + 5e-4)]}
+    without = {r["backend"]: r for r in cross_backend([ref, near, far])}
+    assert not without["flax-nnx"]["passed"] and not without["keras-jax"]["passed"]
+    rows = {r["backend"]: r for r in cross_backend([ref, twin, near, far])}
+    assert set(rows) == {"flax-nnx", "keras-jax"}  # the twin is no backend of its own
+    assert rows["flax-nnx"]["passed"] and rows["flax-nnx"]["bound"] == pytest.approx(10 * 1e-5, rel=1e-6)
+    assert not rows["keras-jax"]["passed"]
+
+
 def _report(tmp_path, *args):
     code = main([*args, "--out", str(tmp_path)])
     return code, json.loads((tmp_path / "stability.json").read_text()), (tmp_path / "stability.md").read_text()

@@ -66,14 +66,16 @@ def main(argv=None) -> int:
     seeds = list(range(args.seeds))
     groups = [(SWEEPS, s, d, args.variants, args.steps, s == 0) for d in depths for s in seeds]
     groups += [(SWEEPS, 0, d, args.variants, check_steps, True) for d in check_depths if d not in depths]
-    groups += [(b, 0, d, args.variants, check_steps, True) for b in args.backends if b != SWEEPS
-               for d in check_depths]
+    checked = [b for b in args.backends if b != SWEEPS]
+    groups += [(b, 0, d, args.variants, check_steps, True) for b in checked for d in check_depths]
+    # The sweeping backend's twin runs: its own sensitivity to rounding, the check's bound where larger.
+    groups += [(SWEEPS, 0, d, args.variants, COMPARE_STEPS, True, True) for d in check_depths if checked]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     start = time.perf_counter()
     runs = run_sweep(groups, jobs)
     wall = time.perf_counter() - start
     # The sweeping backend's own check-depth runs (not part of the sweep) serve the comparison only.
-    sweep = [r for r in runs if r["backend"] == SWEEPS and r["depth"] in depths]
+    sweep = [r for r in runs if r["backend"] == SWEEPS and r["depth"] in depths and not r.get("nudged")]
     rows = summarize(sweep, args.threshold)
     checks = cross_backend(runs)
     passed = all(c["passed"] for c in checks)
@@ -86,7 +88,8 @@ def main(argv=None) -> int:
                          "vocab": problem.VOCAB, "lr": problem.LR, "crash_lr": problem.CRASH_LR,
                          "betas": problem.BETAS, "adam_eps": problem.ADAM_EPS, "clip_norm": problem.CLIP_NORM,
                          "ln_eps": problem.LN_EPS, "scale": problem.SCALE, "aion_beta": problem.AION_BETA}}
-    lines = [f"{len(sweep)} {SWEEPS} runs and {len(runs) - len(sweep)} others in {wall / 60:.1f} min "
+    lines = [f"{len(sweep)} {SWEEPS} runs and {len(runs) - len(sweep)} others (checks and twins) in "
+             f"{wall / 60:.1f} min "
              f"({jobs} processes at a time, {os.cpu_count()} CPUs, load average at start "
              f"{'/'.join(f'{v:.1f}' for v in load) if load else 'n/a'}; {', '.join(devices)})", "",
              "Variants:", "", *[f"- `{v.name}` ({v.setting}): {v.doc}" for v in problem.VARIANTS.values()

@@ -118,6 +118,13 @@ def make_problem(seed: int, depth: int, dim: int = DIM, seq: int = SEQ, batch: i
             "head_w": head_w, "head_b": head_b, "seed": seed, "depth": depth}
 
 
+def nudged(problem: dict) -> dict:
+    """The problem with every block weight moved up by one float32 ulp: the reference's own
+    sensitivity to rounding (the cross-backend check's twin run)."""
+    blocks = [{k: np.nextafter(v, np.float32(np.inf)) for k, v in b.items()} for b in problem["blocks"]]
+    return {**problem, "blocks": blocks}
+
+
 def to_net(problem: dict, variant: Variant) -> net.Net:
     """The network of one variant, from the problem's weights (DeepNorm's branch scaled)."""
     depth = problem["depth"]
@@ -138,13 +145,14 @@ def to_net(problem: dict, variant: Variant) -> net.Net:
                    net.Dense(problem["head_w"], problem["head_b"]))
 
 
-def run(kit, seed: int, depth: int, variant: str, steps: int, record_scale: bool = False) -> dict:
+def run(kit, seed: int, depth: int, variant: str, steps: int, record_scale: bool = False,
+        nudge: bool = False) -> dict:
     """Train one variant on ``kit``; per step the loss, the global gradient norm before
-    clipping and, with ``record_scale``, every block's scale.
+    clipping and, with ``record_scale``, every block's scale; ``nudge``: from :func:`nudged`.
 
     Stops at the first non-finite loss (the run has crashed; nothing after it is data).
     """
-    problem = make_problem(seed, depth)
+    problem = nudged(make_problem(seed, depth)) if nudge else make_problem(seed, depth)
     spec = VARIANTS[variant]
     model = kit.build(to_net(problem, spec))
     train = kit.trainer(model, AdamW(spec.lr, BETAS, ADAM_EPS), clip=CLIP_NORM)
