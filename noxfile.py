@@ -5,6 +5,8 @@
     nox -s conformance -- --driver mypkg.mod:MyDriver   # an external implementation too
     nox -s bench         # throughput of AION vs the plain residual
     nox -s stability     # depth stability (the crash test), every backend; -- --full on a GPU
+    nox -s evidence      # a real task: byte-level GPT on the stdlib sources; -- --full on a GPU
+    nox -s gpu           # the GPU check (1 GPU, ~8 min): reports/gpu.{md,json}; -- --device cpu --dry-run
     nox -s fuzz          # differential fuzzing of every driver; -- --examples 2000 for a long run
     nox -s docs          # the documentation site in site/ (mkdocs build --strict, API reference)
 
@@ -214,6 +216,18 @@ def bench(session: nox.Session) -> None:
 def stability(session: nox.Session) -> None:
     """Depth stability, the crash test on every backend: reports/stability.{md,json} and plots."""
     session.run(sys.executable, "-m", "aion_conformance.stability", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def evidence(session: nox.Session) -> None:
+    """A real task, a byte-level GPT on the stdlib's sources: reports/evidence.{md,json} and plots."""
+    session.run(sys.executable, "-m", "aion_conformance.evidence", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def gpu(session: nox.Session) -> None:
+    """The GPU check on a 1-GPU machine: matrix, bench, memory, CUDA graph, stability; reports/gpu.{md,json}."""
+    session.run(sys.executable, "-m", "aion_conformance.gpu", *session.posargs)
 
 
 @nox.session(venv_backend="none")

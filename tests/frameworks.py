@@ -23,8 +23,8 @@ from typing import Any
 #: The test files that start processes (``aion_conformance.registry``, ``subprocess``,
 #: ``mp.spawn``): the ``integration`` tier. conftest.py marks every other test ``unit``...
 INTEGRATION = frozenset({
-    "tests/test_cli.py", "tests/test_conformance.py", "tests/test_docs.py", "tests/test_fuzz.py",
-    "tests/test_stability.py",
+    "tests/test_cli.py", "tests/test_conformance.py", "tests/test_docs.py", "tests/test_evidence.py",
+    "tests/test_fuzz.py", "tests/test_gpu_check.py", "tests/test_stability.py",
     "tests/torch/test_ddp.py", "tests/torch/test_export.py", "tests/torch/test_original_suite.py",
     "tests/torch/test_parallel.py",
     "tests/flax/test_flax_distributed.py",

@@ -203,28 +203,37 @@ class AionResidual(nn.Module):
                 replica_mean=replica_mean_or_none(group=self._group.value), stop_gradient=_detach, check=False)
             self._write_state(new)
             return (out, stats) if return_stats else out
+        replica_mean = replica_mean_or_none(False, self._group.value)
+        # On the CPU the node is one C++ kernel each way (aion_pytorch.kernels): it reads the
+        # state from the buffers and writes the new state into them itself.
+        kernel = closed_form.uses_kernel(x, y, x_norm, self.config, replica_mean)
         # A checkpoint's recomputation replays the state and step its first run read, and writes nothing.
         record = self._replays.find(aion_torch_ops.fingerprint(y)) if aion_torch_ops.in_recomputation() else None
+        buffers = aion_core.AionState(self.ratio_ema, self.step_count, self.nonfinite_count)
         if record is not None:
             state, phase = record.state, record.phase
         else:
             if self.config.k_update > 1:
                 self._check_count()
             phase = self._count % self.config.k_update
+            logged = aion_torch_ops.may_be_recomputed()
             # A copy: autograd may save the ratio (for beta's gradient), and this or a later
-            # training forward updates the buffer in place.
-            state = aion_core.AionState(self.ratio_ema.clone(), self.step_count, self.nonfinite_count)
+            # training forward updates the buffer in place; the replay log keeps it. The
+            # kernel reads the buffer before it writes it, so it needs a copy for the log only.
+            state = buffers if kernel and not logged else buffers._replace(ratio_ema=self.ratio_ema.clone())
         # One autograd node with the closed-form gradient; the phase is step_count % k_update,
         # so the core's schedule rule applied to it picks the step the counter would.
         out, new, stats = closed_form.train_step(x, y, x_norm, self.alpha0, self.beta, state, self.config,
                                                  update=aion_core.is_update_step(phase, self.config.k_update),
-                                                 replica_mean=replica_mean_or_none(False, self._group.value))
+                                                 replica_mean=replica_mean, kernel=kernel,
+                                                 write_to=buffers if record is None else None)
         if record is None:
-            self._write_state(new)
+            if not kernel:
+                self._write_state(new)
             if self.config.k_update > 1:
                 self._count = _wrap_int32(self._count + 1)
                 self._count_mark = (self.step_count, _version(self.step_count))
-            if aion_torch_ops.may_be_recomputed():
+            if logged:
                 self._replays.push(state, phase, aion_torch_ops.fingerprint(y))
         return (out, stats) if return_stats else out
 

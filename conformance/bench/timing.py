@@ -12,13 +12,14 @@ measures device time itself (CUDA events) reports it. Model: :mod:`aion_conforma
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 import time
 from pathlib import Path
 
 from aion_conformance import registry
-from aion_conformance.bench.problem import VARIANTS, data, make_net
+from aion_conformance.bench.problem import OP_PATH, VARIANTS, data, make_net
 from aion_conformance.frameworks.optimizers import AdamW
 from aion_conformance.plotting import pyplot
 
@@ -28,7 +29,9 @@ BACKENDS = registry.with_problem("bench")
 EXTRAS = list(dict.fromkeys(e for name in BACKENDS for e in registry.BACKENDS[name].extras))
 
 
-def _buildable(kit, variant: str, compiled) -> bool:
+def _buildable(kit, variant: str, compiled, backend: str = "") -> bool:
+    if variant == OP_PATH:  # aion_pytorch's op path: eager torch only (compiled, aion is standard ops already)
+        return backend == "torch" and not compiled
     if variant not in kit.EXTRA_RESIDUALS:
         return True
     cls = kit.EXTRA_RESIDUALS[variant]()
@@ -51,11 +54,25 @@ def bench_backend(backend: str, widths: list[int], variants: list[str], seconds:
         for mode in modes if compiled else modes[:1]:
             made = {}
             for v in variants:
-                if (v in VARIANTS or v in kit.EXTRA_RESIDUALS) and _buildable(kit, v, mode):
+                if (v in VARIANTS or v in kit.EXTRA_RESIDUALS or v == OP_PATH) and _buildable(kit, v, mode, backend):
                     train = kit.trainer(kit.build(make_net(width, v)), AdamW(), compiled=mode, observe=False)
-                    made[v] = (lambda train=train: train(x, target), train.label)
-            rows.append(_time_variants(backend, width, made, seconds, warmup))
+                    step = functools.partial(train, x, target)
+                    made[v] = (_torch_tools().op_path(step) if v == OP_PATH else step, train.label)
+            # Bytes saved for the backward pass (eager torch), measured on one step of each variant.
+            saved = ({v: _torch_tools().saved_bytes(step) for v, (step, _) in made.items()}
+                     if backend == "torch" and not mode else {})
+            row = _time_variants(backend, width, made, seconds, warmup)
+            if saved:
+                row["saved_bytes"], row["activation_bytes"] = saved, batch * seq * width * 4
+            rows.append(row)
     return rows
+
+
+def _torch_tools():
+    # The torch kit's bench helpers (the op path, saved-tensor bytes): imported in torch's process only.
+    from aion_conformance.frameworks.torch import bench_layer
+
+    return bench_layer
 
 
 def _time_variants(backend, width, made, seconds, warmup, min_rounds=10, max_rounds=2000) -> dict:
@@ -110,7 +127,23 @@ def expected_rows(backends, widths, compiled=True) -> int:
 
 
 def _shown(rows: list[dict]) -> list[str]:
-    return [v for v in (*VARIANTS[1:], *EXTRAS) if any(v in r["overhead"] for r in rows)]
+    return [v for v in (*VARIANTS[1:], OP_PATH, *EXTRAS) if any(v in r["overhead"] for r in rows)]
+
+
+def memory_table(rows: list[dict]) -> list[str]:
+    """Bytes saved for backward per step, in activations (``B * T * D`` float32), where measured."""
+    rows = [r for r in rows if r.get("saved_bytes")]
+    if not rows:
+        return []
+    shown = ["plain", *(v for v in _shown(rows) if any(v in r["saved_bytes"] for r in rows))]
+    lines = ["Saved for backward per training step (saved_tensors_hooks, distinct storages), in activations "
+             "(B x T x D float32); MB in brackets", "",
+             "| backend | device | D | " + " | ".join(shown) + " |", "|---" * (3 + len(shown)) + "|"]
+    for r in rows:
+        act, b = r["activation_bytes"], r["saved_bytes"]
+        lines.append(f"| {r['backend']} | {r['device']} | {r['width']} | " + " | ".join(
+            f"{b[v] / act:.2f} ({b[v] / 2**20:.1f})" if v in b else "-" for v in shown) + " |")
+    return lines
 
 
 def table(rows: list[dict]) -> list[str]:

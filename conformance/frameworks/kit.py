@@ -6,7 +6,8 @@ problems (trajectory, stability, bench) are written once against it:
 
 >>> from aion_conformance.frameworks.kit import MEMBERS
 >>> MEMBERS  # doctest: +NORMALIZE_WHITESPACE
-('EXTRA_RESIDUALS', 'build', 'device', 'from_numpy', 'read', 'to_numpy', 'trainer', 'versions')
+('EXTRA_RESIDUALS', 'build', 'device', 'evaluate', 'from_numpy', 'read', 'to_numpy', 'trainer',
+ 'versions')
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ class Trainer(Protocol):
     label: str
 
     def __call__(self, inputs: Any, target: Any) -> Step | float | None:
-        """One step on ``mean((net(inputs) - target)**2)``: a :class:`Step` when observed;
-        otherwise None once the step has finished, or the device time it measured itself."""
+        """One step on the trainer's loss: a :class:`Step` when observed; otherwise None
+        once the step has finished, or the device time it measured itself."""
 
 
 class Kit(Protocol):
@@ -62,8 +63,21 @@ class Kit(Protocol):
         """The model's current weights and AION entries as a numpy :class:`~.net.Net`."""
 
     def trainer(self, model, optimizer: Sgd | AdamW, clip: float | None = None,
-                compiled: bool | None = None, observe: bool = True) -> Trainer:
-        """A training step of ``model``; ``compiled`` None: the framework's usual way."""
+                compiled: bool | None = None, observe: bool = True, loss: str = "mse",
+                precision: str | None = None) -> Trainer:
+        """A training step of ``model``; ``compiled`` None: the framework's usual way.
+
+        ``loss``: ``"mse"``, ``mean((out - target)**2)``; or ``"ce"``, the mean cross-entropy
+        of the logits ``out[..., V]`` against integer ``target`` ``[...]`` (log-softmax in
+        float32). ``precision``: None (float32), or ``"bfloat16"``: the framework's mixed
+        bfloat16 (torch autocast, Keras' ``mixed_bfloat16`` policy, Flax/MLX computing in
+        bfloat16 with float32 parameters), parameters and optimizer state in float32.
+        """
+        ...
+
+    def evaluate(self, model, inputs: Any, target: Any, loss: str = "mse",
+                 precision: str | None = None) -> float:
+        """The loss of an eval-mode forward (no state written, no gradient)."""
 
 
 #: What a kit module exports (its ``__all__``).

@@ -11,7 +11,9 @@ then each :class:`Block`; then ``final_norm`` and ``head`` where given. Its forw
 returns ``(out, scales)``: ``scales`` holds each block's branch scale of this forward
 (AION's alpha, LayerScale's mean gamma), for the blocks that have one.
 
-Kernels are ``[in, out]`` (Keras' and Flax's layout; torch transposes).
+Kernels are ``[in, out]`` (Keras' and Flax's layout; torch transposes). A branch is a
+sequence of :class:`Dense` layers, or one :class:`Attention` (causal self-attention, the
+language-model problems' attention sublayer).
 """
 
 from __future__ import annotations
@@ -58,6 +60,34 @@ def dense_init(rng: np.random.Generator, fan_in: int, fan_out: int, activation: 
 
 
 @dataclass(frozen=True)
+class Attention:
+    """Causal multi-head self-attention over ``x`` of shape ``[B, T, D]``.
+
+    ``q, k, v = split(x @ qkv.w + qkv.b, 3, axis=-1)`` (``qkv.w`` is ``[D, 3D]``, q first);
+    head ``h`` takes channels ``h*dh:(h+1)*dh`` of each (``dh = D // heads``);
+    ``a = softmax(q k^T / sqrt(dh) + mask)`` with ``mask`` ``-inf`` above the diagonal (a
+    position sees itself and earlier ones), computed in the compute dtype with the softmax
+    in float32; the heads' ``a v`` concatenated back in head order, then ``proj``. Neither
+    Dense has an activation.
+    """
+
+    qkv: Dense
+    proj: Dense
+    heads: int
+
+    def __post_init__(self):
+        dim = self.qkv.w.shape[0]
+        if self.qkv.w.shape != (dim, 3 * dim) or self.proj.w.shape != (dim, dim) or dim % self.heads:
+            raise ValueError(f"attention needs qkv [D, 3D], proj [D, D] and heads dividing D; got "
+                             f"{self.qkv.w.shape}, {self.proj.w.shape}, heads={self.heads}")
+
+
+def attention_init(rng: np.random.Generator, dim: int, heads: int) -> Attention:
+    """An attention sublayer drawn as two ``torch.nn.Linear`` (qkv, then proj)."""
+    return Attention(dense_init(rng, dim, 3 * dim), dense_init(rng, dim, dim), heads)
+
+
+@dataclass(frozen=True)
 class Norm:
     """LayerNorm over the last axis with a per-channel ``scale`` and ``bias``."""
 
@@ -97,7 +127,7 @@ class Block:
 
     residual: str
     norm: str
-    branch: tuple[Dense, ...]
+    branch: tuple[Dense, ...] | tuple[Attention]
     ln: Norm | None = None
     aion: Aion | None = None
     gamma: float = 0.1
@@ -114,10 +144,18 @@ class Block:
             raise ValueError(f"residual {self.residual!r} needs aion")
         if self.aion is not None and self.residual in ("sum", "layerscale", "deepnorm"):
             raise ValueError(f"residual {self.residual!r} takes no aion")
+        if any(isinstance(d, Attention) for d in self.branch) and len(self.branch) != 1:
+            raise ValueError("an attention branch is one Attention alone")
 
     @property
     def dim(self) -> int:
-        return self.branch[0].w.shape[0]
+        first = self.branch[0]
+        return (first.qkv if isinstance(first, Attention) else first).w.shape[0]
+
+    @property
+    def attention(self) -> Attention | None:
+        """The branch's attention sublayer, or None for a dense branch."""
+        return self.branch[0] if isinstance(self.branch[0], Attention) else None
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def test_layer_profile_runs_every_variant(capsys):
 
     assert layer.main(["--widths", "8", "--batch", "2", "--seq", "3", "--seconds", "0"]) == 0
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
-    expected = ["x + y", "empty autograd.Function", "aion-floor", "aion"]
+    expected = ["x + y", "empty autograd.Function", "aion-floor", "aion", "aion (op path)"]
     expected += ["aion-torch-1.0.2"] if original.load() is not None else []
     assert [r[1] for r in rows] == expected
     assert all(float(r[2]) > 0 for r in rows)

@@ -17,11 +17,24 @@ pytestmark = pytest.mark.skipif(orig is None, reason=original.MISSING)
 
 @pytest.mark.parametrize("ema_gamma", [0.99, 0.5, 1.0])
 @pytest.mark.parametrize("use_xnorm", [True, False])
-def test_multi_step_training_matches_original(ema_gamma, use_xnorm):
-    worst = original.training_parity(steps=8, ema_gamma=ema_gamma, use_xnorm=use_xnorm)
+@pytest.mark.parametrize("path", ["ops", "cpp"])
+def test_multi_step_training_matches_original(ema_gamma, use_xnorm, path):
+    from aion_pytorch import kernels
+
+    if path == "cpp" and kernels.load() is None:
+        pytest.skip("the C++ kernel cannot be built here")
+    before = kernels.kernels_mode()
+    kernels.set_kernels(path)
+    try:
+        worst = original.training_parity(steps=8, ema_gamma=ema_gamma, use_xnorm=use_xnorm)
+    finally:
+        kernels.set_kernels(before)
     assert worst.pop("failures") == []
-    # float32 rounding: a few ulps of the largest value
-    assert max(rel for _, rel in worst.values()) < 1e-6, worst
+    # float32 rounding: a few ulps of the largest value. The C++ kernel sums in float64 where
+    # torch (and so the original) sums in float32: measured against a float64 run it is
+    # within 2.2e-7 where the op path is within 1.7e-6, so here it differs from the original
+    # by the original's rounding (up to 1.7e-6 seen).
+    assert max(rel for _, rel in worst.values()) < (1e-6 if path == "ops" else 3e-6), worst
 
 
 def test_loads_original_state_dict_and_continues_on_same_trajectory():

@@ -7,6 +7,7 @@ holds either kit's variables::
     embed/embedding, pos                         (with net.embed)
     blocks_<i>/norm/{scale,bias}                 a block's LayerNorm
     blocks_<i>/layer/dense_<j>/{kernel,bias}     its branch; kernels [in, out], as net's
+    blocks_<i>/layer/{qkv,proj}/{kernel,bias}    or its attention branch
     blocks_<i>/aion/{alpha0,beta,ratio_ema,step_count,nonfinite_count}
     blocks_<i>/gamma                             LayerScale's
     norm/{scale,bias}, head/{kernel,bias}        final LayerNorm and head
@@ -20,6 +21,7 @@ parameters, Linen in the ``"aion_stats"`` collection: the flat dict has both.
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields, is_dataclass, replace
 from functools import partial
 
@@ -68,7 +70,9 @@ def _norm(norm: net.Norm) -> dict:
 
 
 def _block(block: net.Block) -> dict:
-    tree = {"layer": {f"dense_{j}": _dense(d) for j, d in enumerate(block.branch)}}
+    att = block.attention
+    tree = {"layer": {f"dense_{j}": _dense(d) for j, d in enumerate(block.branch)} if att is None else
+            {"qkv": _dense(att.qkv), "proj": _dense(att.proj)}}
     if block.ln is not None:
         tree["norm"] = _norm(block.ln)
     if block.aion is not None:
@@ -141,13 +145,33 @@ def network(spec: net.Net, flat: dict) -> net.Net:
         if aion is not None:
             state = {k: array(v) for k, v in t["aion"].items()}
             aion = replace(aion, alpha0=float(state.pop("alpha0")), beta=float(state.pop("beta")), state=state)
-        blocks.append(replace(b, branch=tuple(dense(t["layer"][f"dense_{j}"], d) for j, d in enumerate(b.branch)),
+        att, layer = b.attention, t["layer"]
+        branch = (tuple(dense(layer[f"dense_{j}"], d) for j, d in enumerate(b.branch)) if att is None else
+                  (replace(att, qkv=dense(layer["qkv"], att.qkv), proj=dense(layer["proj"], att.proj)),))
+        blocks.append(replace(b, branch=branch,
                               ln=None if b.ln is None else norm(t["norm"], b.ln), aion=aion))
     return replace(spec, blocks=tuple(blocks),
                    embed=None if spec.embed is None else array(tree["embed"]["embedding"]),
                    pos=None if spec.pos is None else array(tree["pos"]),
                    final_norm=None if spec.final_norm is None else norm(tree["norm"], spec.final_norm),
                    head=None if spec.head is None else dense(tree["head"], spec.head))
+
+
+def attention(x, qkv, proj, heads: int):
+    """:class:`~aion_conformance.frameworks.net.Attention` of ``x`` ``[B, T, D]`` from a
+    kit's two dense layers, as its docstring says: scores in the compute dtype, the causal
+    mask and the softmax in float32."""
+    batch, seq, dim = x.shape
+    dh = dim // heads
+
+    def split(t):  # [B, T, D] -> [B, H, T, dh]: head h holds channels h*dh:(h+1)*dh
+        return t.reshape(batch, seq, heads, dh).transpose(0, 2, 1, 3)
+
+    q, k, v = (split(t) for t in jnp.split(qkv(x), 3, axis=-1))
+    scores = (q @ k.swapaxes(-1, -2)) / math.sqrt(dh)
+    seen = jnp.tril(jnp.ones((seq, seq), bool))
+    a = jax.nn.softmax(jnp.where(seen, scores.astype(jnp.float32), -jnp.inf), axis=-1).astype(v.dtype)
+    return proj((a @ v).transpose(0, 2, 1, 3).reshape(batch, seq, dim))
 
 
 def forward(spec: net.Net, inputs, embed, block, norm, head):

@@ -18,12 +18,12 @@ import aion_flax.linen as aion_linen
 from aion_conformance.frameworks import net
 from aion_conformance.frameworks.flax import layout
 from aion_conformance.frameworks.flax.arrays import device, from_numpy, to_numpy, versions
-from aion_conformance.frameworks.flax.train import Model, read, trainer
+from aion_conformance.frameworks.flax.train import Model, evaluate, read, trainer
 
 #: Residual kinds beyond the neutral ones: none in Flax.
 EXTRA_RESIDUALS: dict = {}
 
-__all__ = ["EXTRA_RESIDUALS", "build", "device", "from_numpy", "read", "to_numpy", "trainer", "versions"]
+__all__ = ["EXTRA_RESIDUALS", "build", "device", "evaluate", "from_numpy", "read", "to_numpy", "trainer", "versions"]
 
 _STATS = aion_linen.STATS_COLLECTION
 
@@ -45,11 +45,28 @@ class Branch(nn.Module):
         return x
 
 
+class Attention(nn.Module):
+    """:class:`~aion_conformance.frameworks.net.Attention`: its dense layers ``qkv`` and ``proj``."""
+
+    spec: net.Attention
+
+    @nn.compact
+    def __call__(self, x):
+        dim = self.spec.qkv.w.shape[0]
+        return layout.attention(x, nn.Dense(3 * dim, name="qkv"), nn.Dense(dim, name="proj"), self.spec.heads)
+
+
+def _branch(spec: net.Block, **kwargs) -> nn.Module:
+    return Attention(spec.attention, **kwargs) if spec.attention is not None else Branch(spec.branch, **kwargs)
+
+
 class Block(nn.Module):
     """A block other than AionBlock, its parts under AionBlock's names (``norm``, ``layer``,
-    ``aion``) and LayerScale's ``gamma``; returns ``(out, scale)``."""
+    ``aion``) and LayerScale's ``gamma``; returns ``(out, scale)``. ``deterministic``: AION's
+    eval mode (its state read, not advanced)."""
 
     spec: net.Block
+    deterministic: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -62,26 +79,28 @@ class Block(nn.Module):
         gamma = None
         if spec.residual == "layerscale":
             gamma = self.param("gamma", nn.initializers.zeros_init(), (spec.dim,))
-        return net.wire(spec, x, None, Branch(spec.branch, name="layer"), norm,
-                        lambda x, y: aion(x, y, deterministic=False, return_stats=True),
+        return net.wire(spec, x, None, _branch(spec, name="layer"), norm,
+                        lambda x, y: aion(x, y, deterministic=self.deterministic, return_stats=True),
                         lambda y: (gamma * y, jnp.mean(gamma)))
 
 
 class Net(nn.Module):
     """A :class:`~aion_conformance.frameworks.net.Net` (``spec``: :func:`.layout.hollow`'s);
-    ``__call__`` returns ``(out, scales)``."""
+    ``__call__`` returns ``(out, scales)``; ``deterministic``: AION's eval mode."""
 
     spec: net.Net
+    deterministic: bool = False
 
     def _block(self, i: int, x):
         spec = self.spec.blocks[i]
         if spec.residual != "aion-block":
-            return Block(spec, name=f"blocks_{i}")(x)
+            return Block(spec, self.deterministic, name=f"blocks_{i}")(x)
         # parent=None: the branch becomes AionBlock's child "layer", not this module's.
-        block = aion_linen.AionBlock(Branch(spec.branch, parent=None), alpha0=spec.aion.alpha0,
+        block = aion_linen.AionBlock(_branch(spec, parent=None), alpha0=spec.aion.alpha0,
                                      beta=spec.aion.beta, k_update=spec.aion.k_update, name=f"blocks_{i}")
         # AionBlock holds norm, branch and AION itself: wire needs none of them apart.
-        return net.wire(spec, x, lambda x: block(x, deterministic=False, return_stats=True), None, None, None, None)
+        return net.wire(spec, x, lambda x: block(x, deterministic=self.deterministic, return_stats=True),
+                        None, None, None, None)
 
     @nn.compact
     def __call__(self, inputs):
@@ -96,10 +115,12 @@ class Net(nn.Module):
 
 
 def _sample(spec: net.Net) -> jax.ShapeDtypeStruct:
-    """An input of one row (``init`` only needs its shape): tokens, or ``h`` itself."""
+    """An input of one row (``init`` only needs its shape): tokens, or ``h`` itself (a
+    sequence of one where a block attends)."""
     if spec.embed is not None:
         return jax.ShapeDtypeStruct((1, spec.pos.shape[0]), jnp.int32)
-    return jax.ShapeDtypeStruct((1, spec.blocks[0].dim), jnp.float32)
+    seq = (1,) if any(b.attention is not None for b in spec.blocks) else ()
+    return jax.ShapeDtypeStruct((1, *seq, spec.blocks[0].dim), jnp.float32)
 
 
 def build(spec: net.Net) -> Model:
@@ -114,4 +135,11 @@ def build(spec: net.Net) -> Model:
                                     mutable=[_STATS])
         return out, layout.flatten(updates.get(_STATS, {}))
 
-    return Model.of(spec, forward, {**layout.flatten(shapes["params"]), **layout.flatten(shapes.get(_STATS, {}))})
+    def evaluate(variables, inputs):
+        params = {k: v for k, v in variables.items() if not layout.is_state(k)}
+        stats = {k: v for k, v in variables.items() if layout.is_state(k)}
+        return Net(module.spec, deterministic=True).apply(
+            {"params": layout.unflatten(params), _STATS: layout.unflatten(stats)}, inputs)
+
+    return Model.of(spec, forward, {**layout.flatten(shapes["params"]), **layout.flatten(shapes.get(_STATS, {}))},
+                    evaluate)

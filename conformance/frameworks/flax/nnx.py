@@ -16,9 +16,9 @@ import aion_flax
 from aion_conformance.frameworks import net
 from aion_conformance.frameworks.flax import layout
 from aion_conformance.frameworks.flax.arrays import device, from_numpy, to_numpy, versions
-from aion_conformance.frameworks.flax.train import Model, read, trainer
+from aion_conformance.frameworks.flax.train import Model, evaluate, read, trainer
 
-__all__ = ["EXTRA_RESIDUALS", "build", "device", "from_numpy", "read", "to_numpy", "trainer", "versions"]
+__all__ = ["EXTRA_RESIDUALS", "build", "device", "evaluate", "from_numpy", "read", "to_numpy", "trainer", "versions"]
 
 #: No residual kinds beyond the neutral ones.
 EXTRA_RESIDUALS: dict = {}
@@ -47,12 +47,27 @@ class Branch(nnx.Module):
         return x
 
 
+class Attention(nnx.Module):
+    """:class:`~aion_conformance.frameworks.net.Attention`: its dense layers ``qkv`` and ``proj``."""
+
+    def __init__(self, spec: net.Attention):
+        self.heads = spec.heads
+        self.qkv, self.proj = _linear(spec.qkv), _linear(spec.proj)
+
+    def __call__(self, x):
+        return layout.attention(x, self.qkv, self.proj, self.heads)
+
+
+def _branch(spec: net.Block) -> nnx.Module:
+    return Attention(spec.attention) if spec.attention is not None else Branch(spec.branch)
+
+
 class Block(nnx.Module):
     """A block other than AionBlock, holding its parts under AionBlock's names (``norm``,
     ``layer``, ``aion``) and LayerScale's ``gamma``."""
 
     def __init__(self, spec: net.Block):
-        self.layer = Branch(spec.branch)
+        self.layer = _branch(spec)
         if spec.ln is not None:
             self.norm = _layer_norm(spec.ln)
         if spec.aion is not None:
@@ -65,7 +80,7 @@ def _block(spec: net.Block) -> nnx.Module:
     if spec.residual != "aion-block":
         return Block(spec)
     aion = spec.aion
-    return aion_flax.AionBlock(Branch(spec.branch), spec.dim, alpha0=aion.alpha0, beta=aion.beta,
+    return aion_flax.AionBlock(_branch(spec), spec.dim, alpha0=aion.alpha0, beta=aion.beta,
                                k_update=aion.k_update)
 
 
@@ -103,4 +118,10 @@ def build(spec: net.Net) -> Model:
         model = nnx.merge(graphdef, layout.unflatten(variables))
         return model(inputs), layout.flatten(nnx.to_pure_dict(nnx.state(model, aion_flax.AionStat)))
 
-    return Model.of(spec, forward, layout.flatten(nnx.to_pure_dict(shapes)))
+    def evaluate(variables, inputs):
+        # AION's eval mode: its state read, not advanced (a network without AION has none to set).
+        model = nnx.view(nnx.merge(graphdef, layout.unflatten(variables)), deterministic=True,
+                         raise_if_not_found=False)
+        return model(inputs)
+
+    return Model.of(spec, forward, layout.flatten(nnx.to_pure_dict(shapes)), evaluate)

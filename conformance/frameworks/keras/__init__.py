@@ -10,6 +10,6 @@ Keras' own), :mod:`.blocks` (the problems' networks), :mod:`.train` (a training 
 
 from aion_conformance.frameworks.keras.arrays import device, from_numpy, to_numpy, versions
 from aion_conformance.frameworks.keras.blocks import EXTRA_RESIDUALS, build, read
-from aion_conformance.frameworks.keras.train import trainer
+from aion_conformance.frameworks.keras.train import evaluate, trainer
 
-__all__ = ["EXTRA_RESIDUALS", "build", "device", "from_numpy", "read", "to_numpy", "trainer", "versions"]
+__all__ = ["EXTRA_RESIDUALS", "build", "device", "evaluate", "from_numpy", "read", "to_numpy", "trainer", "versions"]

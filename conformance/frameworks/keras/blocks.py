@@ -7,6 +7,7 @@ Every sub-layer is built here from the description's numpy weights (Keras kernel
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import keras
@@ -65,6 +66,35 @@ class Branch(keras.layers.Layer):
         return x
 
 
+class Attention(keras.layers.Layer):
+    """:class:`~aion_conformance.frameworks.net.Attention` in ``keras.ops``, as its docstring
+    says: scores in the compute dtype, the causal mask and the softmax in float32."""
+
+    def __init__(self, spec: net.Attention, **kwargs):
+        super().__init__(**kwargs)
+        self.heads = spec.heads
+        self.qkv, self.proj = _dense(spec.qkv), _dense(spec.proj)
+        self.built = True
+
+    def call(self, x):
+        batch, seq, dim = ops.shape(x)
+        dh = dim // self.heads
+
+        def split(t):  # [B, T, D] -> [B, H, T, dh]: head h holds channels h*dh:(h+1)*dh
+            return ops.transpose(ops.reshape(t, (batch, seq, self.heads, dh)), (0, 2, 1, 3))
+
+        q, k, v = (split(t) for t in ops.split(self.qkv(x), 3, axis=-1))
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / math.sqrt(dh)
+        seen = ops.cast(ops.tril(ops.ones((seq, seq))), "bool")
+        a = ops.softmax(ops.where(seen, ops.cast(scores, "float32"), -math.inf), axis=-1)
+        out = ops.matmul(ops.cast(a, v.dtype), v)
+        return self.proj(ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, seq, dim)))
+
+
+def _branch(spec: net.Block) -> keras.layers.Layer:
+    return Attention(spec.attention) if spec.attention is not None else Branch(spec.branch)
+
+
 def _aion(spec: net.Aion, layer: AionResidual | None = None) -> AionResidual:
     """``layer`` (or a new AionResidual) with ``spec``'s parameters, state and trainability."""
     layer = layer if layer is not None else AionResidual(spec.alpha0, spec.beta, k_update=spec.k_update)
@@ -89,7 +119,7 @@ class Block(keras.layers.Layer):
     def __init__(self, spec: net.Block, **kwargs):
         super().__init__(**kwargs)
         self.spec = spec
-        branch = Branch(spec.branch)
+        branch = _branch(spec)
         if spec.residual == "aion-block":
             self.block = AionBlock(branch, spec.dim, alpha0=spec.aion.alpha0, beta=spec.aion.beta,
                                    k_update=spec.aion.k_update)
@@ -105,7 +135,7 @@ class Block(keras.layers.Layer):
                                              initializer=keras.initializers.Constant(spec.gamma))
         self.built = True  # every sub-layer is built above, from the description's weights
 
-    def parts(self) -> tuple[Branch, keras.layers.Layer | None, AionResidual | None]:
+    def parts(self) -> tuple[Branch | Attention, keras.layers.Layer | None, AionResidual | None]:
         """The branch, LayerNorm and AionResidual, wherever the wiring keeps them."""
         if self.spec.residual == "aion-block":
             return self.block.layer, self.block.norm, self.block.aion
@@ -146,7 +176,11 @@ def build(spec: net.Net) -> Net:
 def _read_block(block: Block) -> net.Block:
     spec = block.spec
     branch, norm, aion = block.parts()
-    denses = tuple(net.Dense(*layer.get_weights(), d.activation) for layer, d in zip(branch.denses, spec.branch))
+    if isinstance(branch, Attention):
+        denses: tuple = (replace(spec.attention, qkv=net.Dense(*branch.qkv.get_weights()),
+                                 proj=net.Dense(*branch.proj.get_weights())),)
+    else:
+        denses = tuple(net.Dense(*layer.get_weights(), d.activation) for layer, d in zip(branch.denses, spec.branch))
     ln = None if norm is None else _read_norm(norm, spec.ln.eps)
     if aion is not None:
         state = {name: numpy_of(getattr(aion, name)) for name in STATE_SPEC}

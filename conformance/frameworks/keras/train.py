@@ -1,4 +1,5 @@
-"""The Keras kit's training step: an observed step by the kit's own value-and-grad, or Keras' own.
+"""The Keras kit's training step (an observed step by the kit's own value-and-grad, or Keras'
+own) and its evaluation (an eval-mode forward's loss).
 
 Observed (trajectory, stability): gradients from :func:`~.autodiff.value_and_grad`, then
 the Keras optimizer's ``apply_gradients``, so the loss, the gradient norm and the scales
@@ -7,6 +8,9 @@ of that very forward come back. Timed (the bench): ``model.compile`` and
 """
 
 from __future__ import annotations
+
+import contextlib
+import functools
 
 import keras
 from keras import ops
@@ -25,10 +29,50 @@ def mode(jit: bool, graph: bool = False) -> str:
     return "graph" if graph and BACKEND == "tensorflow" else "eager"
 
 
-def _loss(call, inputs, target):
-    # Defined once: the kit's value-and-grad caches its compiled program per loss function.
-    out, scales = call(inputs, training=True)
-    return ops.mean(ops.square(out - target)), scales
+PRECISIONS = {None: None, "bfloat16": "mixed_bfloat16"}
+
+
+def objective(loss: str, out, target):
+    """``"mse"``: ``mean((out - target)**2)``; ``"ce"``: the mean cross-entropy of the
+    logits ``out[..., V]`` against integer ``target``, log-softmax in float32."""
+    if loss == "mse":
+        return ops.mean(ops.square(out - target))
+    if loss == "ce":
+        logp = ops.log_softmax(ops.cast(out, "float32"), axis=-1)
+        return -ops.mean(ops.take_along_axis(logp, ops.expand_dims(ops.cast(target, "int32"), -1), axis=-1))
+    raise ValueError(f"loss must be 'mse' or 'ce', got {loss!r}")
+
+
+@functools.cache
+def _loss(loss: str = "mse", precision: str | None = None):
+    # One function per loss and precision: the kit's value-and-grad caches its compiled
+    # program per loss function, and a precision is read when the program is traced.
+    def fn(call, inputs, target):
+        out, scales = call(inputs, training=True)
+        return objective(loss, out, target), scales
+
+    return fn
+
+
+@contextlib.contextmanager
+def policy(model: keras.Model, precision: str | None):
+    """``precision`` as Keras' dtype policy (``"bfloat16"``: ``mixed_bfloat16``, float32
+    variables computed in bfloat16) on every layer of the built ``model``, for the calls
+    and traces inside; each layer's own policy is put back after."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    if precision is None:
+        yield
+        return
+    layers = list(model._flatten_layers(include_self=True))
+    kept = [layer.dtype_policy for layer in layers]
+    for layer in layers:
+        layer.dtype_policy = PRECISIONS[precision]
+    try:
+        yield
+    finally:
+        for layer, kept_policy in zip(layers, kept):
+            layer.dtype_policy = kept_policy
 
 
 class _Output(keras.Model):
@@ -45,7 +89,8 @@ class _Output(keras.Model):
 
 
 class Trainer:
-    """``trainer(inputs, target)``: one training step of ``model`` on an MSE loss.
+    """``trainer(inputs, target)``: one training step of ``model`` on ``loss`` (see
+    :func:`objective`), in ``precision`` (see :func:`policy`).
 
     ``observe`` True: returns the :class:`~aion_conformance.frameworks.kit.Step`.
     ``compiled`` True compiles the whole forward and backward (TensorFlow:
@@ -62,22 +107,29 @@ class Trainer:
     """
 
     def __init__(self, model, optimizer, clip: float | None = None, compiled: bool | None = None,
-                 observe: bool = True):
+                 observe: bool = True, loss: str = "mse", precision: str | None = None):
         self.model, self.spec, self.clip, self.observe = model, optimizer, clip, observe
-        self.optimizer = optim.make(optimizer, clip)
+        self.loss, self.precision = _loss(loss, precision), precision
+        with policy(model, precision):  # refuses an unknown precision now, not at the first step
+            pass
+        self.optimizer = optim.make(optimizer, clip, model.trainable_variables)
         if observe:
             self.jit = BACKEND == "jax" if compiled is None else compiled
         else:
             self.jit = BACKEND != "torch" if compiled is None else compiled
             self.timed = _Output(model)
-            self.timed.compile(self.optimizer, "mse", jit_compile=self.jit)
+            # Keras' own losses: its cross-entropy takes the logits in float32 (a Loss's dtype).
+            keras_loss = {"mse": "mse", "ce": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}[loss]
+            self.timed.compile(self.optimizer, keras_loss, jit_compile=self.jit)
         self.label = f"{arrays.device()} {mode(self.jit, graph=not observe)}"
 
     def __call__(self, inputs, target):
         if not self.observe:
-            self.timed.train_on_batch(inputs, target)
+            with policy(self.model, self.precision):
+                self.timed.train_on_batch(inputs, target)
             return None
-        loss, scales, _, grads = value_and_grad(self.model, _loss, [], [inputs, target], jit=self.jit)
+        with policy(self.model, self.precision):
+            loss, scales, _, grads = value_and_grad(self.model, self.loss, [], [inputs, target], jit=self.jit)
         grads = optim.dense(grads)
         norm = None if self.clip is None else optim.global_norm(grads)
         optim.apply(self.optimizer, self.spec, grads, self.model.trainable_variables)
@@ -85,3 +137,16 @@ class Trainer:
 
 
 trainer = Trainer
+
+
+def evaluate(model, inputs, target, loss: str = "mse", precision: str | None = None) -> float:
+    """The loss of an eval-mode forward of ``model`` (``training=False``: AION's state read,
+    not advanced; no gradient taken), op by op."""
+    no_grad = contextlib.nullcontext()
+    if BACKEND == "torch":
+        import torch
+
+        no_grad = torch.no_grad()
+    with policy(model, precision), no_grad:
+        out, _ = model(inputs, training=False)
+        return float(arrays.to_numpy(objective(loss, out, target)))

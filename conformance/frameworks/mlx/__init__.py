@@ -9,6 +9,6 @@ under :func:`mlx.core.compile`) and :mod:`.driver` (the conformance driver of
 
 from aion_conformance.frameworks.mlx.arrays import device, from_numpy, to_numpy, versions
 from aion_conformance.frameworks.mlx.blocks import EXTRA_RESIDUALS, build, read
-from aion_conformance.frameworks.mlx.train import trainer
+from aion_conformance.frameworks.mlx.train import evaluate, trainer
 
-__all__ = ["EXTRA_RESIDUALS", "build", "device", "from_numpy", "read", "to_numpy", "trainer", "versions"]
+__all__ = ["EXTRA_RESIDUALS", "build", "device", "evaluate", "from_numpy", "read", "to_numpy", "trainer", "versions"]

@@ -13,6 +13,7 @@ names there would be no tree of arrays. A block's description is an ordinary att
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import mlx.core as mx
@@ -64,6 +65,34 @@ class Branch(nn.Module):
         return x
 
 
+class Attention(nn.Module):
+    """:class:`~aion_conformance.frameworks.net.Attention` in plain ops, as its docstring says:
+    scores in the compute dtype, the causal mask and the softmax in float32."""
+
+    def __init__(self, spec: net.Block):
+        super().__init__()
+        self.spec = spec
+        self.qkv, self.proj = _linear(spec.attention.qkv), _linear(spec.attention.proj)
+
+    def __call__(self, x):
+        batch, seq, dim = x.shape
+        heads = self.spec.attention.heads
+        dh = dim // heads
+
+        def split(t):  # [B, T, D] -> [B, H, T, dh]: head h holds channels h*dh:(h+1)*dh
+            return t.reshape(batch, seq, heads, dh).transpose(0, 2, 1, 3)
+
+        q, k, v = (split(t) for t in mx.split(self.qkv(x), 3, axis=-1))
+        scores = (q @ k.swapaxes(-1, -2)) / math.sqrt(dh)
+        seen = mx.tril(mx.ones((seq, seq), mx.bool_))
+        a = mx.softmax(mx.where(seen, scores.astype(mx.float32), -math.inf), axis=-1).astype(v.dtype)
+        return self.proj((a @ v).transpose(0, 2, 1, 3).reshape(batch, seq, dim))
+
+
+def _branch(spec: net.Block) -> nn.Module:
+    return Attention(spec) if spec.attention is not None else Branch(spec)
+
+
 def _aion(spec: net.Aion, layer: AionResidual | None = None) -> AionResidual:
     """``layer`` (or a new AionResidual) with ``spec``'s parameters, state and trainability."""
     layer = layer if layer is not None else AionResidual(spec.alpha0, spec.beta, k_update=spec.k_update)
@@ -86,7 +115,7 @@ class Block(nn.Module):
     def __init__(self, spec: net.Block):
         super().__init__()
         self.spec = spec
-        branch = Branch(spec)
+        branch = _branch(spec)
         if spec.residual == "aion-block":
             aion = spec.aion
             self.block = AionBlock(branch, spec.dim, alpha0=aion.alpha0, beta=aion.beta, k_update=aion.k_update)
@@ -101,7 +130,7 @@ class Block(nn.Module):
         elif spec.residual == "layerscale":
             self.gamma = mx.full((spec.dim,), spec.gamma, mx.float32)
 
-    def parts(self) -> tuple[Branch, nn.LayerNorm | None, AionResidual | None]:
+    def parts(self) -> tuple[Branch | Attention, nn.LayerNorm | None, AionResidual | None]:
         """The branch, LayerNorm and AionResidual, wherever the wiring keeps them."""
         if self.spec.residual == "aion-block":
             return self.block.layer, self.block.norm, self.block.aion
@@ -141,7 +170,11 @@ def build(spec: net.Net) -> Net:
 def _read_block(block: Block) -> net.Block:
     spec = block.spec
     branch, norm, aion = block.parts()
-    denses = tuple(_read_dense(layer, d.activation) for layer, d in zip(branch.layers, spec.branch))
+    if isinstance(branch, Attention):
+        denses: tuple = (replace(spec.attention, qkv=_read_dense(branch.qkv, None),
+                                 proj=_read_dense(branch.proj, None)),)
+    else:
+        denses = tuple(_read_dense(layer, d.activation) for layer, d in zip(branch.layers, spec.branch))
     ln = None if norm is None else _read_norm(norm, spec.ln.eps)
     if aion is not None:
         state = to_portable(aion)

@@ -9,6 +9,6 @@ tools beside them: :mod:`.original` (aion-torch 1.0.2), :mod:`.floor` (the eager
 
 from aion_conformance.frameworks.torch.arrays import device, from_numpy, to_numpy, versions
 from aion_conformance.frameworks.torch.blocks import EXTRA_RESIDUALS, build, read
-from aion_conformance.frameworks.torch.train import trainer
+from aion_conformance.frameworks.torch.train import evaluate, trainer
 
-__all__ = ["EXTRA_RESIDUALS", "build", "device", "from_numpy", "read", "to_numpy", "trainer", "versions"]
+__all__ = ["EXTRA_RESIDUALS", "build", "device", "evaluate", "from_numpy", "read", "to_numpy", "trainer", "versions"]

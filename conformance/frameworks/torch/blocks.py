@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import torch
 from torch import nn
 
 from aion_conformance.frameworks import net
 from aion_conformance.frameworks.torch import arrays
+from aion_conformance.frameworks.torch.evidence_residuals import LOADERS as EVIDENCE_RESIDUALS
 from aion_core import portable
 from aion_pytorch import AionBlock, AionResidual
 
@@ -26,8 +30,9 @@ def _floor_block():
 
 #: Residual kinds beyond the neutral ones: name -> a loader of an AionBlock-like class
 #: ``cls(branch, dim)`` (alpha0 0.1, beta 0.05), None when not installed: the original
-#: aion-torch 1.0.2 and the fewest-op eager bound (``eager_only``: torch.compile cannot trace it).
-EXTRA_RESIDUALS = {"aion-torch-1.0.2": _original_block, "aion-floor": _floor_block}
+#: aion-torch 1.0.2, the fewest-op eager bound (``eager_only``: torch.compile cannot trace it)
+#: and the evidence benchmark's controls (torch only).
+EXTRA_RESIDUALS = {"aion-torch-1.0.2": _original_block, "aion-floor": _floor_block, **EVIDENCE_RESIDUALS}
 
 
 def _set(param: torch.Tensor, value) -> None:
@@ -60,6 +65,33 @@ class Branch(nn.Sequential):
         self.activations = [d.activation for d in denses]
 
 
+class Attention(nn.Module):
+    """:class:`~aion_conformance.frameworks.net.Attention` in plain ops, as its docstring says:
+    scores in the compute dtype, the causal mask and the softmax in float32."""
+
+    def __init__(self, spec: net.Attention):
+        super().__init__()
+        self.heads = spec.heads
+        self.qkv, self.proj = _linear(spec.qkv), _linear(spec.proj)
+
+    def forward(self, x):
+        batch, seq, dim = x.shape
+        dh = dim // self.heads
+
+        def heads(t):  # [B, T, D] -> [B, H, T, dh]: head h holds channels h*dh:(h+1)*dh
+            return t.reshape(batch, seq, self.heads, dh).transpose(1, 2)
+
+        q, k, v = (heads(t) for t in self.qkv(x).split(dim, dim=-1))
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(dh)
+        future = torch.ones(seq, seq, dtype=torch.bool, device=x.device).triu(1)
+        a = torch.softmax(scores.float().masked_fill(future, -math.inf), dim=-1).to(v.dtype)
+        return self.proj((a @ v).transpose(1, 2).reshape(batch, seq, dim))
+
+
+def _branch(spec: net.Block) -> nn.Module:
+    return Attention(spec.attention) if spec.attention is not None else Branch(spec.branch)
+
+
 def _aion(spec: net.Aion, layer: AionResidual | None = None) -> AionResidual:
     """``layer`` (or a new AionResidual) with ``spec``'s parameters, state and trainability."""
     layer = layer if layer is not None else AionResidual(spec.alpha0, spec.beta, k_update=spec.k_update)
@@ -76,7 +108,7 @@ class Block(nn.Module):
     def __init__(self, spec: net.Block):
         super().__init__()
         self.spec = spec
-        branch = Branch(spec.branch)
+        branch = _branch(spec)
         if spec.residual == "aion-block" or spec.residual in EXTRA_RESIDUALS:
             cls = AionBlock if spec.residual == "aion-block" else EXTRA_RESIDUALS[spec.residual]()
             # The extras keep their own defaults (alpha0 0.1, beta 0.05, as AionBlock's).
@@ -126,15 +158,23 @@ def build(spec: net.Net) -> Net:
 
 
 def _numpy(t: torch.Tensor):
-    return t.detach().cpu().numpy()
+    # A copy: on the CPU .numpy() shares the parameter's memory, which later steps overwrite.
+    return t.detach().cpu().numpy().copy()
+
+
+def _read_dense(layer: nn.Linear, activation: str | None = None) -> net.Dense:
+    return net.Dense(_numpy(layer.weight).T, _numpy(layer.bias), activation)
 
 
 def _read_block(block: Block) -> net.Block:
     spec = block.spec
     inner = getattr(block, "block", block)
-    linears = [m for m in (inner.layer if hasattr(inner, "layer") else block.branch) if isinstance(m, nn.Linear)]
-    branch = tuple(net.Dense(_numpy(lin.weight).T, _numpy(lin.bias), d.activation)
-                   for lin, d in zip(linears, spec.branch))
+    layer = inner.layer if hasattr(inner, "layer") else block.branch
+    if isinstance(layer, Attention):
+        branch: tuple = (net.Attention(_read_dense(layer.qkv), _read_dense(layer.proj), layer.heads),)
+    else:
+        branch = tuple(_read_dense(lin, d.activation)
+                       for lin, d in zip((m for m in layer if isinstance(m, nn.Linear)), spec.branch))
     norm = inner.norm if spec.ln is not None else None
     ln = None if norm is None else net.Norm(_numpy(norm.weight), _numpy(norm.bias), spec.ln.eps)
     aion = getattr(inner, "aion", None)
@@ -149,4 +189,9 @@ def _read_block(block: Block) -> net.Block:
 
 def read(model: Net) -> net.Net:
     """The trained weights and AION entries of ``model`` as a numpy description."""
-    return model.spec.with_blocks(_read_block(b) for b in model.blocks)
+    spec = model.spec
+    embed = {} if spec.embed is None else {"embed": _numpy(model.embed.weight), "pos": _numpy(model.pos)}
+    return replace(spec, blocks=tuple(_read_block(b) for b in model.blocks), **embed,
+                   final_norm=None if spec.final_norm is None else net.Norm(
+                       _numpy(model.norm.weight), _numpy(model.norm.bias), spec.final_norm.eps),
+                   head=None if spec.head is None else _read_dense(model.head, spec.head.activation))
