@@ -127,11 +127,16 @@ def pip(scratch, tmp_path_factory):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # This environment's versions (the tested set), less our own: the frameworks' dependencies
     # resolve to them. Local labels dropped: `torch==2.13.0` still takes the +cpu wheel.
+    # The first of each name on sys.path, the one imported: a package may put more on it
+    # (setuptools, which torch's extension builder imports, adds its vendored packaging, zipp, ...).
     ours = {"aion-residual", "aion-torch"}
-    versions = {f"{dist.metadata['Name'].lower()}=={dist.version.split('+')[0]}" for dist in metadata.distributions()
-                if dist.metadata["Name"] and dist.metadata["Name"].lower() not in ours}
+    versions: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower()
+        if name and name not in ours:
+            versions.setdefault(name, dist.version.split("+")[0])
     constraints = tmp_path_factory.mktemp("pip") / "constraints.txt"
-    constraints.write_text("\n".join(sorted(versions)) + "\n")
+    constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(versions.items())))
     print(f"\n[install] tools venv set up in {time.perf_counter() - t0:.1f} s")
     return Pip(tools, constraints)
 
