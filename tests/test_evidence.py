@@ -142,3 +142,7 @@ def test_versus_table_words():
     rows = [{**row, "variant": "aion"}, {**row, "variant": "fixed-0.1", "mean": 2.38}]
     text = "\n".join(versus_table(rows))
     assert "| 8 | float32 | 0.01 |  | worse (+0.020) |  |  |" in text
+    assert "`aion-0.5` against" not in text  # no rows of it: no table
+    half = [{**row, "variant": "aion-0.5"}, {**row, "variant": "fixed-0.5", "mean": 2.42}]
+    text = "\n".join(versus_table(rows + half))
+    assert "`aion-0.5` against" in text and "| 8 | float32 | 0.01 |  | better (-0.020) | worse (+0.020) |  |" in text

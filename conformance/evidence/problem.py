@@ -83,6 +83,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _fixed("fixed-0.1", "pre", 0.1, "x + 0.1 f(LN(x)) (AION with beta 0, frozen)"),
     _fixed("fixed-0.2", "pre", 0.2, "x + 0.2 f(LN(x))"),
     _fixed("fixed-0.3", "pre", 0.3, "x + 0.3 f(LN(x))"),
+    _fixed("fixed-0.5", "pre", 0.5, "x + 0.5 f(LN(x)) (AION's alpha0 0.5, frozen)"),
     _fixed("fixed-1/sqrt(2N)", "pre", None, "x + f(LN(x)) / sqrt(2 depth) (one over the root of the "
            "number of residual branches)"),
     Variant("aion", "pre", "aion", doc="AionResidual(x, f(LN(x))): ratio on x, alpha0 0.1, beta 0.05, "
@@ -102,6 +103,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
                 "information in the forward)"),
     Variant("post-standard", "post", "sum", doc="LN(x + f(x))"),
     _fixed("post-fixed-0.1", "post", 0.1, "LN(x + 0.1 f(x))"),
+    _fixed("post-fixed-0.5", "post", 0.5, "LN(x + 0.5 f(x))"),
     Variant("post-aion", "post", "aion", doc="LN(AionResidual(x, f(x))), alpha0 0.1"),
     Variant("post-aion-0.5", "post", "aion", 0.5, doc="post-LN AION with alpha0 0.5"),
     Variant("post-aion-1.0", "post", "aion", 1.0, doc="post-LN AION with alpha0 1.0"),

@@ -112,9 +112,12 @@ def shared_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-#: AION against each alternative of its normalisation (the versus table).
+#: AION against each alternative of its normalisation (the versus table); alpha0 0.5 against the
+#: fixed scale of its start too.
 VERSUS = {"aion": ("standard", "fixed-0.1", "layerscale", "scalar"),
-          "post-aion": ("post-standard", "post-fixed-0.1", "post-deepnorm")}
+          "aion-0.5": ("standard", "fixed-0.5", "fixed-0.1", "layerscale"),
+          "post-aion": ("post-standard", "post-fixed-0.1", "post-deepnorm"),
+          "post-aion-0.5": ("post-standard", "post-fixed-0.5", "post-fixed-0.1", "post-deepnorm")}
 
 
 def versus(a: dict, b: dict) -> str:
@@ -142,9 +145,12 @@ def versus_table(rows: list[dict]) -> list[str]:
     index = {(r["depth"], r["precision"], r["lr"], r["variant"]): r for r in rows}
     lines = []
     for subject, others in VERSUS.items():
+        settings = sorted({k[:3] for k in index if k[3] == subject})
+        if not settings:
+            continue
         lines += [f"`{subject}` against: " + ", ".join(f"`{o}`" for o in others), "",
                   "| depth | precision | lr | " + " | ".join(others) + " |", "|---|---|---|" + "---|" * len(others)]
-        for depth, precision, lr in sorted({k[:3] for k in index if k[3] == subject}):
+        for depth, precision, lr in settings:
             a = index[(depth, precision, lr, subject)]
             cells = [versus(a, index[(depth, precision, lr, o)]) if (depth, precision, lr, o) in index else ""
                      for o in others]
