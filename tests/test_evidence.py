@@ -145,4 +145,20 @@ def test_versus_table_words():
     assert "`aion-0.5` against" not in text  # no rows of it: no table
     half = [{**row, "variant": "aion-0.5"}, {**row, "variant": "fixed-0.5", "mean": 2.42}]
     text = "\n".join(versus_table(rows + half))
-    assert "`aion-0.5` against" in text and "| 8 | float32 | 0.01 |  | better (-0.020) | worse (+0.020) |  |" in text
+    assert "`aion-0.5` against" in text
+    assert "| 8 | float32 | 0.01 |  | better (-0.020) | worse (+0.020) |  |  |" in text
+
+
+@pytest.mark.backends(registry.SWEEPS)
+def test_trained_scalars_start_as_the_fixed_scale_of_their_start():
+    # scalar-0.5 / post-scalar-0.5 are fixed-0.5 / post-fixed-0.5 whose scale then trains: the
+    # same first loss, different later ones; post-LN differs from pre-LN from the first step.
+    kit = pytest.importorskip(registry.BACKENDS[registry.SWEEPS].kit)
+    runs = {v: problem.run(kit, 0, 1, v, 1e-2, 3, batch=2, train_cap=50_000)
+            for v in ("fixed-0.5", "scalar-0.5", "post-fixed-0.5", "post-scalar-0.5")}
+    for norm in ("", "post-"):
+        fixed, scalar = runs[f"{norm}fixed-0.5"], runs[f"{norm}scalar-0.5"]
+        assert scalar["loss"][0] == pytest.approx(fixed["loss"][0], rel=1e-6), norm
+        assert scalar["loss"][-1] != fixed["loss"][-1], norm
+        assert scalar["final_scales"][0] != pytest.approx(0.5, abs=1e-6) and fixed["final_scales"][0] == 0.5, norm
+    assert runs["post-scalar-0.5"]["loss"][0] != pytest.approx(runs["scalar-0.5"]["loss"][0], rel=1e-6)

@@ -115,9 +115,9 @@ def shared_table(rows: list[dict]) -> list[str]:
 #: AION against each alternative of its normalisation (the versus table); alpha0 0.5 against the
 #: fixed scale of its start too.
 VERSUS = {"aion": ("standard", "fixed-0.1", "layerscale", "scalar"),
-          "aion-0.5": ("standard", "fixed-0.5", "fixed-0.1", "layerscale"),
-          "post-aion": ("post-standard", "post-fixed-0.1", "post-deepnorm"),
-          "post-aion-0.5": ("post-standard", "post-fixed-0.5", "post-fixed-0.1", "post-deepnorm")}
+          "aion-0.5": ("standard", "fixed-0.5", "fixed-0.1", "layerscale", "scalar-0.5"),
+          "post-aion": ("post-standard", "post-fixed-0.1", "post-deepnorm", "post-scalar"),
+          "post-aion-0.5": ("post-standard", "post-fixed-0.5", "post-fixed-0.1", "post-deepnorm", "post-scalar-0.5")}
 
 
 def versus(a: dict, b: dict) -> str:

@@ -1,18 +1,20 @@
 """Residual kinds of the evidence benchmark that only the torch kit builds (its ``EXTRA_RESIDUALS``).
 
-Each is a pre-norm block ``x + s * layer(LayerNorm(x))`` built as the kit builds its
-extras, ``cls(layer, dim)``, with ``norm``, ``layer`` and ``aion`` attributes; the AION
-math is :mod:`aion_core`'s public ``train_step`` and ``eval_step``, nothing re-derived:
+Each is a block ``x + s * layer(LayerNorm(x))`` (pre-norm) or ``LayerNorm(x + s * layer(x))``
+(``post=True``), built as ``cls(layer, dim, alpha0=..., beta=..., post=...)`` with ``norm``,
+``layer`` and ``aion`` attributes; the AION math is :mod:`aion_core`'s public ``train_step``
+and ``eval_step``, nothing re-derived:
 
 ``aion-stopgrad``
-    AION (``AionResidual``, ratio on ``x``, alpha0 0.1, beta 0.05) with the batch ratio's
-    gradient stopped: the forward is AION's, the backward lacks the path through the ratio.
+    AION (``AionResidual``, ratio on ``x``; alpha0 0.1 and beta 0.05 unless given) with the
+    batch ratio's gradient stopped: the forward is AION's, the backward lacks the path
+    through the ratio.
 ``aion-lagged``
     AION whose alpha comes from the stored ratio EMA of the previous steps only (an eval
     forward's alpha); the current batch's ratio then updates the EMA, without gradient. No
     information of the current batch, so none of a later position, reaches the forward.
 ``scalar``
-    A trainable scalar scale from 0.1: AION with beta frozen at 0 (alpha = alpha0, trained).
+    A trainable scalar scale from alpha0: AION with beta frozen at 0 (alpha = alpha0, trained).
 ``rezero``
     The same from 0 (ReZero): alpha0 set to 0 after construction, since
     :class:`aion_core.AionConfig` requires a positive alpha0.
@@ -65,13 +67,16 @@ class LaggedAion(_Control):
 
 
 class _Block(nn.Module):
-    """``aion(x, layer(norm(x)))``: the ratio on ``x``, as the neutral ``"aion"`` residual."""
+    """``aion(x, layer(norm(x)))``, or ``norm(aion(x, layer(x)))`` with ``post``: the ratio on
+    ``x``, as the neutral ``"aion"`` residual."""
 
-    def __init__(self, layer: nn.Module, dim: int, aion: AionResidual):
+    def __init__(self, layer: nn.Module, dim: int, aion: AionResidual, post: bool = False):
         super().__init__()
-        self.norm, self.layer, self.aion = nn.LayerNorm(dim), layer, aion
+        self.norm, self.layer, self.aion, self.post = nn.LayerNorm(dim), layer, aion, post
 
     def forward(self, x):
+        if self.post:
+            return self.norm(self.aion(x, self.layer(x)))
         return self.aion(x, self.layer(self.norm(x)))
 
 
@@ -84,20 +89,20 @@ def _scalar(alpha0: float) -> AionResidual:
     return layer
 
 
-def stopgrad_block(layer, dim):
-    return _Block(layer, dim, StopGradAion(0.1, 0.05))
+def stopgrad_block(layer, dim, alpha0=0.1, beta=0.05, post=False):
+    return _Block(layer, dim, StopGradAion(alpha0, beta), post)
 
 
-def lagged_block(layer, dim):
-    return _Block(layer, dim, LaggedAion(0.1, 0.05))
+def lagged_block(layer, dim, alpha0=0.1, beta=0.05, post=False):
+    return _Block(layer, dim, LaggedAion(alpha0, beta), post)
 
 
-def scalar_block(layer, dim):
-    return _Block(layer, dim, _scalar(0.1))
+def scalar_block(layer, dim, alpha0=0.1, beta=0.0, post=False):
+    return _Block(layer, dim, _scalar(alpha0), post)
 
 
-def rezero_block(layer, dim):
-    return _Block(layer, dim, _scalar(0.0))
+def rezero_block(layer, dim, alpha0=0.0, beta=0.0, post=False):
+    return _Block(layer, dim, _scalar(0.0), post)
 
 
 #: name -> a loader of the block class, as ``blocks.EXTRA_RESIDUALS`` holds them.
