@@ -239,10 +239,15 @@ def plot(runs: list[dict], outdir: Path, prefix: str = "evidence") -> list[Path]
     rows = [r for r in summarize(runs) if r["finite"]]
     settings = sorted({(r["depth"], r["precision"], r["lr"]) for r in rows})
     if settings:
-        fig, axes = plt.subplots(1, len(settings), figsize=(3.3 * len(settings), 0.22 * len(VARIANTS) + 1.6),
-                                 squeeze=False, sharey=True)
+        # At most four settings a row: a many-setting sweep stays legible.
+        cols = min(4, len(settings))
+        grid = -(-len(settings) // cols)
         names = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
-        for ax, setting in zip(axes[0], settings):
+        fig, axes = plt.subplots(grid, cols, figsize=(3.3 * cols, (0.2 * len(names) + 1.2) * grid + 0.4),
+                                 squeeze=False, sharey=True)
+        for ax in axes.flat[len(settings):]:
+            ax.axis("off")
+        for ax, setting in zip(axes.flat, settings):
             mine = {r["variant"]: r for r in rows if (r["depth"], r["precision"], r["lr"]) == setting}
             best = min(r["mean"] for r in mine.values())
             for y, v in enumerate(names):
@@ -258,7 +263,9 @@ def plot(runs: list[dict], outdir: Path, prefix: str = "evidence") -> list[Path]
             ax.set_xlabel("held-out nats/byte", fontsize=8)
             ax.grid(alpha=0.3)
         axes[0][0].set_yticks(range(len(names)), names, fontsize=7)
-        axes[0][0].invert_yaxis()
+        axes[0][0].invert_yaxis()  # shared: every panel
+        for row in axes:
+            row[0].tick_params(axis="y", labelsize=7)
         fig.suptitle("final held-out loss, mean ± std over seeds (blue: pre-LN, orange: post-LN, red: failed "
                      "runs; an open marker at the right edge is off the scale)", fontsize=8)
         fig.tight_layout()
