@@ -266,7 +266,7 @@ def plot(runs: list[dict], outdir: Path, prefix: str = "evidence") -> list[Path]
         axes[0][0].invert_yaxis()  # shared: every panel
         for row in axes:
             row[0].tick_params(axis="y", labelsize=7)
-        fig.suptitle("final held-out loss, mean ± std over seeds (blue: pre-LN, orange: post-LN, red: failed "
+        fig.suptitle("final held-out loss, mean ± std over seeds\n(blue: pre-LN, orange: post-LN, red: failed "
                      "runs; an open marker at the right edge is off the scale)", fontsize=8)
         fig.tight_layout()
         written.append(outdir / f"{prefix}_final.png")
