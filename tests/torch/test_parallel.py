@@ -28,6 +28,22 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def _in_gloo(rank, world_size, port, body, *args):
+    """``body(rank, *args)`` in a gloo group of ``world_size`` processes, torn down in step.
+
+    ``body``'s tensors and pending collectives are freed when it returns, and the barrier
+    has every rank done with every collective before any destroys the group: a rank that
+    tears gloo down while another still holds its work can abort (SIGABRT, "terminate
+    called without an active exception", seen once in CI).
+    """
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        body(rank, *args)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def _inputs(seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randn(B, T, D, generator=g), 3 * torch.randn(B, T, D, generator=g)
@@ -45,19 +61,15 @@ def _residual_step(layer, x, y, x_norm):
             "step_count": layer.step_count}
 
 
-def _sharded_inputs_worker(rank, port, path, dim):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.tensor import Shard, distribute_tensor
+def _sharded_inputs_worker(rank, path, dim):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
 
-        mesh = init_device_mesh("cpu", (2,))
-        sharded = [distribute_tensor(t, mesh, [Shard(dim)]) for t in _inputs()]
-        result = _residual_step(AionResidual(beta=0.5), *sharded)
-        result = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in result.items()}
-        torch.save({k: v.detach() for k, v in result.items()}, f"{path}.{rank}")
-    finally:
-        dist.destroy_process_group()
+    mesh = init_device_mesh("cpu", (2,))
+    sharded = [distribute_tensor(t, mesh, [Shard(dim)]) for t in _inputs()]
+    result = _residual_step(AionResidual(beta=0.5), *sharded)
+    result = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in result.items()}
+    torch.save({k: v.detach() for k, v in result.items()}, f"{path}.{rank}")
 
 
 @pytest.mark.parametrize("dim", [1, 2], ids=["sequence", "features"])
@@ -65,7 +77,7 @@ def test_sharded_dtensor_inputs_equal_one_process(tmp_path, dim):
     """Sequence parallel splits the sequence axis, tensor parallel (a column-parallel
     branch's output) the feature axis, over which AION takes its energies."""
     path = str(tmp_path / "sharded")
-    mp.spawn(_sharded_inputs_worker, args=(_port(), path, dim), nprocs=2, join=True)
+    mp.spawn(_in_gloo, args=(2, _port(), _sharded_inputs_worker, path, dim), nprocs=2, join=True)
     want = _residual_step(AionResidual(beta=0.5), *_inputs())
     for rank in range(2):
         got = torch.load(f"{path}.{rank}")
@@ -92,30 +104,26 @@ def _train(block, x, steps=2):
     return grads, {n: b.clone() for n, b in block.named_buffers()}
 
 
-def _pipeline_worker(rank, port, path, use_dp_group):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=4)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
+def _pipeline_worker(rank, path, use_dp_group):
+    from torch.distributed.device_mesh import init_device_mesh
 
-        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("pp", "dp"))
-        stage, replica = rank // 2, rank % 2
-        block = _stage_model(stage)
-        if use_dp_group:
-            assert set_process_group(block, mesh["dp"].get_group()) == 1
-        # Each stage is data parallel over its own replicas (DDP averages their gradients).
-        ddp = torch.nn.parallel.DistributedDataParallel(block, process_group=mesh["dp"].get_group())
-        half = _stage_batch(stage)[2 * replica:2 * replica + 2]
-        grads, state = _train(ddp, half)
-        torch.save(({k.removeprefix("module."): v for k, v in grads.items()},
-                    {k.removeprefix("module."): v for k, v in state.items()}), f"{path}.{rank}")
-    finally:
-        dist.destroy_process_group()
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("pp", "dp"))
+    stage, replica = rank // 2, rank % 2
+    block = _stage_model(stage)
+    if use_dp_group:
+        assert set_process_group(block, mesh["dp"].get_group()) == 1
+    # Each stage is data parallel over its own replicas (DDP averages their gradients).
+    ddp = torch.nn.parallel.DistributedDataParallel(block, process_group=mesh["dp"].get_group())
+    half = _stage_batch(stage)[2 * replica:2 * replica + 2]
+    grads, state = _train(ddp, half)
+    torch.save(({k.removeprefix("module."): v for k, v in grads.items()},
+                {k.removeprefix("module."): v for k, v in state.items()}), f"{path}.{rank}")
 
 
 @pytest.mark.parametrize("use_dp_group", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_pipeline_stages_average_over_their_own_data_parallel_group(tmp_path, use_dp_group):
     path = str(tmp_path / "pp")
-    mp.spawn(_pipeline_worker, args=(_port(), path, use_dp_group), nprocs=4, join=True)
+    mp.spawn(_in_gloo, args=(4, _port(), _pipeline_worker, path, use_dp_group), nprocs=4, join=True)
     for stage in range(2):
         want_grads, want_state = _train(_stage_model(stage), _stage_batch(stage))
         ranks = [torch.load(f"{path}.{2 * stage + r}") for r in range(2)]
@@ -132,34 +140,30 @@ def test_pipeline_stages_average_over_their_own_data_parallel_group(tmp_path, us
                 torch.testing.assert_close(rank[1][name], value, rtol=1e-6, atol=0, msg=name)
 
 
-def _hsdp_worker(rank, port, path):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=4)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+def _hsdp_worker(rank, path):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
 
-        from aion_pytorch import fsdp_ignored_params
+    from aion_pytorch import fsdp_ignored_params
 
-        # HSDP: replicated over one mesh dimension, sharded over the other; all 4 ranks hold a batch share.
-        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
-        model = torch.nn.Sequential(_stage_model(0), _stage_model(1))
-        scalars = fsdp_ignored_params(model)
-        for block in model:
-            fully_shard(block, mesh=mesh, ignored_params=scalars)
-        fully_shard(model, mesh=mesh, ignored_params=scalars)
-        x = _stage_batch(0)[rank:rank + 1]
-        _train(model, x)
-        state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v.clone()
-                 for k, v in model.state_dict().items()}
-        torch.save(state, f"{path}.{rank}")
-    finally:
-        dist.destroy_process_group()
+    # HSDP: replicated over one mesh dimension, sharded over the other; all 4 ranks hold a batch share.
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    model = torch.nn.Sequential(_stage_model(0), _stage_model(1))
+    scalars = fsdp_ignored_params(model)
+    for block in model:
+        fully_shard(block, mesh=mesh, ignored_params=scalars)
+    fully_shard(model, mesh=mesh, ignored_params=scalars)
+    x = _stage_batch(0)[rank:rank + 1]
+    _train(model, x)
+    state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v.clone()
+             for k, v in model.state_dict().items()}
+    torch.save(state, f"{path}.{rank}")
 
 
 def test_hsdp_on_a_2d_mesh_equals_one_process(tmp_path):
     """The default process group is right for HSDP: every rank holds the layers and a share."""
     path = str(tmp_path / "hsdp")
-    mp.spawn(_hsdp_worker, args=(_port(), path), nprocs=4, join=True)
+    mp.spawn(_in_gloo, args=(4, _port(), _hsdp_worker, path), nprocs=4, join=True)
     model = torch.nn.Sequential(_stage_model(0), _stage_model(1))
     _train(model, _stage_batch(0))
     want = model.state_dict()
