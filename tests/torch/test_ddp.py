@@ -6,15 +6,12 @@ own batch ratio instead: a rank's forward is that of one process holding its sha
 and no collective is issued for the ratio.
 """
 
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+import gloo_group
 from aion_pytorch import AionBlock, fsdp_ignored_params
 
 pytestmark = pytest.mark.distributed
@@ -41,12 +38,6 @@ class _RatioCollectives(TorchDispatchMode):
             if tensors and all(t.dim() == 0 for t in tensors):
                 self.count += 1
         return func(*args, **kwargs)
-
-
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model():
@@ -87,22 +78,18 @@ def _full(value):
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-def _worker(rank, port, out_path, wrapper):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        model = _wrap(_model(), wrapper)
-        with _RatioCollectives() as collectives:
-            final = _train(model, [x[2 * rank:2 * rank + 2] for x in _data()])
-        final = {k.removeprefix("module."): _full(v) for k, v in final.items()}
-        torch.save({"state": final, "ratio_collectives": collectives.count}, f"{out_path}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, out_path, wrapper):
+    model = _wrap(_model(), wrapper)
+    with _RatioCollectives() as collectives:
+        final = _train(model, [x[2 * rank:2 * rank + 2] for x in _data()])
+    final = {k.removeprefix("module."): _full(v) for k, v in final.items()}
+    torch.save({"state": final, "ratio_collectives": collectives.count}, f"{out_path}.{rank}")
 
 
 @pytest.mark.parametrize("wrapper", ["ddp", "fsdp2"])
 def test_two_ranks_equal_single_process(tmp_path, wrapper):
     out = str(tmp_path / "state")
-    mp.spawn(_worker, args=(_port(), out, wrapper), nprocs=2, join=True)
+    gloo_group.spawn(_worker, 2, out, wrapper)
     single = _train(_model(), _data())
     saved = [torch.load(f"{out}.{r}") for r in range(2)]
     ranks = [s["state"] for s in saved]
@@ -138,29 +125,25 @@ def _shards(rank):
     return [x[2 * rank:2 * rank + 2] for x in _data()]
 
 
-def _local_worker(rank, port, out_path):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        results = {}
-        for sync_buffers in (False, True):  # DDP's forward_sync_buffers (broadcast_buffers before 2.13)
-            model = torch.nn.parallel.DistributedDataParallel(_LocalStack(), forward_sync_buffers=sync_buffers)
-            opt = torch.optim.SGD(model.parameters(), lr=0.1)
-            record = {"ratio_collectives": 0}
-            for i, x in enumerate(_shards(rank)):
-                opt.zero_grad()
-                with _RatioCollectives() as collectives:
-                    out, stats = model(x)
-                    out.square().mean().backward()
-                record["ratio_collectives"] += collectives.count
-                if i == 0:
-                    record["out"], record["stats"] = out.detach(), stats
-                    record["grads"] = {n: p.grad.clone() for n, p in model.module.named_parameters()}
-                opt.step()
-            record["state"] = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
-            results[sync_buffers] = record
-        torch.save(results, f"{out_path}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _local_worker(rank, out_path):
+    results = {}
+    for sync_buffers in (False, True):  # DDP's forward_sync_buffers (broadcast_buffers before 2.13)
+        model = torch.nn.parallel.DistributedDataParallel(_LocalStack(), forward_sync_buffers=sync_buffers)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        record = {"ratio_collectives": 0}
+        for i, x in enumerate(_shards(rank)):
+            opt.zero_grad()
+            with _RatioCollectives() as collectives:
+                out, stats = model(x)
+                out.square().mean().backward()
+            record["ratio_collectives"] += collectives.count
+            if i == 0:
+                record["out"], record["stats"] = out.detach(), stats
+                record["grads"] = {n: p.grad.clone() for n, p in model.module.named_parameters()}
+            opt.step()
+        record["state"] = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+        results[sync_buffers] = record
+    torch.save(results, f"{out_path}.{rank}")
 
 
 def _replicas_in_one_process(sync_buffers):
@@ -187,7 +170,7 @@ def _replicas_in_one_process(sync_buffers):
 
 def test_sync_ratio_false_keeps_each_rank_its_own_ratio(tmp_path):
     out = str(tmp_path / "local")
-    mp.spawn(_local_worker, args=(_port(), out), nprocs=2, join=True)
+    gloo_group.spawn(_local_worker, 2, out)
     ranks = [torch.load(f"{out}.{r}") for r in range(2)]
     close = {"rtol": 2e-6, "atol": 2e-6}
     # First step: each rank's outputs and stats are those of one process holding its shard alone ...
@@ -227,21 +210,17 @@ def test_sync_ratio_false_keeps_each_rank_its_own_ratio(tmp_path):
     assert abs(float(whole.blocks[0].aion.ratio_ema - ranks[0][False]["stats"][0]["ratio_ema"])) > 1e-3
 
 
-def _compiled_worker(rank, port, out_path):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        x = _shards(rank)[0]
-        results = []
-        for compiled in (False, True):
-            model = _model()[0]  # one AionBlock, sync_ratio=True
-            run = torch.compile(model, fullgraph=True) if compiled else model
-            out = run(x)
-            out.square().mean().backward()
-            results.append({"out": out.detach(), "ratio_ema": model.aion.ratio_ema.clone(),
-                            **{n: p.grad.clone() for n, p in model.named_parameters()}})
-        torch.save(results, f"{out_path}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _compiled_worker(rank, out_path):
+    x = _shards(rank)[0]
+    results = []
+    for compiled in (False, True):
+        model = _model()[0]  # one AionBlock, sync_ratio=True
+        run = torch.compile(model, fullgraph=True) if compiled else model
+        out = run(x)
+        out.square().mean().backward()
+        results.append({"out": out.detach(), "ratio_ema": model.aion.ratio_ema.clone(),
+                        **{n: p.grad.clone() for n, p in model.named_parameters()}})
+    torch.save(results, f"{out_path}.{rank}")
 
 
 def test_compiled_layer_takes_the_cross_rank_mean(tmp_path):
@@ -249,7 +228,7 @@ def test_compiled_layer_takes_the_cross_rank_mean(tmp_path):
     deprecated torch.distributed.nn.functional.all_reduce under compile) and its gradient
     equals eager's, which equals one process holding the whole batch."""
     out = str(tmp_path / "compiled")
-    mp.spawn(_compiled_worker, args=(_port(), out), nprocs=2, join=True)
+    gloo_group.spawn(_compiled_worker, 2, out)
     ranks = [torch.load(f"{out}.{r}") for r in range(2)]
     whole = _model()[0]
     whole_out = whole(_data()[0])

@@ -9,39 +9,14 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+import gloo_group
 from aion_pytorch import AionBlock, AionResidual, set_process_group
 
 pytestmark = pytest.mark.distributed
 B, T, D = 4, 6, 8
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _in_gloo(rank, world_size, port, body, *args):
-    """``body(rank, *args)`` in a gloo group of ``world_size`` processes, torn down in step.
-
-    ``body``'s tensors and pending collectives are freed when it returns, and the barrier
-    has every rank done with every collective before any destroys the group: a rank that
-    tears gloo down while another still holds its work can abort (SIGABRT, "terminate
-    called without an active exception", seen once in CI).
-    """
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        body(rank, *args)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 def _inputs(seed: int = 1):
@@ -77,7 +52,7 @@ def test_sharded_dtensor_inputs_equal_one_process(tmp_path, dim):
     """Sequence parallel splits the sequence axis, tensor parallel (a column-parallel
     branch's output) the feature axis, over which AION takes its energies."""
     path = str(tmp_path / "sharded")
-    mp.spawn(_in_gloo, args=(2, _port(), _sharded_inputs_worker, path, dim), nprocs=2, join=True)
+    gloo_group.spawn(_sharded_inputs_worker, 2, path, dim)
     want = _residual_step(AionResidual(beta=0.5), *_inputs())
     for rank in range(2):
         got = torch.load(f"{path}.{rank}")
@@ -123,7 +98,7 @@ def _pipeline_worker(rank, path, use_dp_group):
 @pytest.mark.parametrize("use_dp_group", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_pipeline_stages_average_over_their_own_data_parallel_group(tmp_path, use_dp_group):
     path = str(tmp_path / "pp")
-    mp.spawn(_in_gloo, args=(4, _port(), _pipeline_worker, path, use_dp_group), nprocs=4, join=True)
+    gloo_group.spawn(_pipeline_worker, 4, path, use_dp_group)
     for stage in range(2):
         want_grads, want_state = _train(_stage_model(stage), _stage_batch(stage))
         ranks = [torch.load(f"{path}.{2 * stage + r}") for r in range(2)]
@@ -163,7 +138,7 @@ def _hsdp_worker(rank, path):
 def test_hsdp_on_a_2d_mesh_equals_one_process(tmp_path):
     """The default process group is right for HSDP: every rank holds the layers and a share."""
     path = str(tmp_path / "hsdp")
-    mp.spawn(_in_gloo, args=(4, _port(), _hsdp_worker, path), nprocs=4, join=True)
+    gloo_group.spawn(_hsdp_worker, 4, path)
     model = torch.nn.Sequential(_stage_model(0), _stage_model(1))
     _train(model, _stage_batch(0))
     want = model.state_dict()
