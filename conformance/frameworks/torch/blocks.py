@@ -113,10 +113,11 @@ class Block(nn.Module):
             cls = AionBlock if spec.residual == "aion-block" else EXTRA_RESIDUALS[spec.residual]()
             # The timing extras keep their own defaults (alpha0 0.1, beta 0.05, as AionBlock's);
             # the evidence controls take the spec's alpha0, beta and norm placement.
-            kwargs = ({"alpha0": spec.aion.alpha0, "beta": spec.aion.beta, "k_update": spec.aion.k_update}
-                      if spec.residual == "aion-block" else
-                      {"alpha0": spec.aion.alpha0, "beta": spec.aion.beta, "post": spec.norm == "post"}
-                      if spec.residual in EVIDENCE_RESIDUALS else {})
+            kwargs = {}
+            if spec.residual == "aion-block":
+                kwargs = {"alpha0": spec.aion.alpha0, "beta": spec.aion.beta, "k_update": spec.aion.k_update}
+            elif spec.residual in EVIDENCE_RESIDUALS:
+                kwargs = {"alpha0": spec.aion.alpha0, "beta": spec.aion.beta, "post": spec.norm == "post"}
             self.block = cls(branch, spec.dim, **kwargs)
             _layer_norm(spec.ln, self.block.norm)
             if spec.residual == "aion-block":

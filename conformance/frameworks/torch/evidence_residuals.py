@@ -16,7 +16,7 @@ and ``eval_step``, nothing re-derived:
 ``scalar``
     A trainable scalar scale from alpha0: AION with beta frozen at 0 (alpha = alpha0, trained).
 ``rezero``
-    The same from 0 (ReZero): alpha0 set to 0 after construction, since
+    The same from 0 (ReZero, the variant's alpha0): alpha0 set to 0 after construction, since
     :class:`aion_core.AionConfig` requires a positive alpha0.
 """
 
@@ -98,13 +98,10 @@ def lagged_block(layer, dim, alpha0=0.1, beta=0.05, post=False):
 
 
 def scalar_block(layer, dim, alpha0=0.1, beta=0.0, post=False):
+    """A trained scalar from ``alpha0`` (ReZero's from 0); ``beta`` is frozen at 0 whatever is given."""
     return _Block(layer, dim, _scalar(alpha0), post)
-
-
-def rezero_block(layer, dim, alpha0=0.0, beta=0.0, post=False):
-    return _Block(layer, dim, _scalar(0.0), post)
 
 
 #: name -> a loader of the block class, as ``blocks.EXTRA_RESIDUALS`` holds them.
 LOADERS = {"aion-stopgrad": lambda: stopgrad_block, "aion-lagged": lambda: lagged_block,
-           "scalar": lambda: scalar_block, "rezero": lambda: rezero_block}
+           "scalar": lambda: scalar_block, "rezero": lambda: scalar_block}
